@@ -1,0 +1,5 @@
+import sys
+
+from topo_ep.cli import main
+
+sys.exit(main())

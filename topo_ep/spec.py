@@ -1,0 +1,189 @@
+"""Declarative topology specification: frozen dataclasses, no behaviour.
+
+A :class:`TopologySpec` is what a YAML file (or a networkx graph) declares. It is validated by
+:mod:`topo_ep.validate` before construction, so every instance that exists is consistent. The
+compiler (:mod:`topo_ep.compiler`) turns it into tensors; nothing here touches torch.
+
+The reserved layer name ``"input"`` denotes the clamped input; edges may start there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+INPUT = "input"
+
+EDGE_KINDS = ("forward", "skip", "feedback")
+FEEDBACK_MODES = ("tied", "random")
+ACTIVATIONS = ("tanh", "hard_sigmoid", "sigmoid", "identity")
+INITS = ("glorot_uniform", "identity", "zeros")
+SCHEDULES = ("synchronous", "sweep")
+RULES = ("paper", "contrast")
+NUDGINGS = ("one-sided", "symmetric")
+ERROR_MODES = ("held", "reread")
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The clamped input vector x of ``size`` features."""
+
+    size: int
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A hidden layer s_k = rho(h_k) of ``size`` units.
+
+    ``bias`` adds a learned bias to h_k (off by default, as in the paper).
+    """
+
+    name: str
+    size: int
+    activation: str = "tanh"
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class ReadoutSpec:
+    """Softmax readout p = softmax(W_out s_source), outside the recurrent dynamics.
+
+    ``feedback`` selects the matrix B_f that carries the output error into ``source`` during the
+    nudged phase: ``tied`` (B_f = W_out^T) or a fixed ``random`` matrix.
+    """
+
+    source: str
+    size: int
+    feedback: str = "tied"
+    bias: bool = False
+
+
+@dataclass(frozen=True)
+class EdgeSpec:
+    """A block of connections from layer ``source`` to layer ``target``.
+
+    Its contribution to the target's pre-activation is ``gain * W s_source`` where W has shape
+    (target size, source size). A ``tied`` feedback edge B->A has no weights of its own: it
+    applies ``gain * W_AB^T`` where W_AB belongs to the forward or skip edge A->B. A ``random``
+    feedback edge has a fixed random matrix. ``learned`` says whether the optimizer updates W.
+    """
+
+    source: str
+    target: str
+    kind: str = "forward"
+    gain: float = 1.0
+    feedback: str | None = None
+    learned: bool = True
+    init: str = "glorot_uniform"
+
+    @property
+    def key(self) -> str:
+        """Stable identifier of the edge, ``source->target:kind``."""
+        return f"{self.source}->{self.target}:{self.kind}"
+
+    @property
+    def is_tied(self) -> bool:
+        return self.kind == "feedback" and self.feedback == "tied"
+
+
+@dataclass(frozen=True)
+class DynamicsSpec:
+    """How the relaxation runs.
+
+    ``free_steps`` and ``nudged_steps`` are step limits. The residual
+    r_t = ||s_t - s_{t-1}||_rms / max(||s_t||_rms, 1) is read on the host every
+    ``check_every`` steps; the phase stops when r_t < max(tolerance, 16 eps(dtype)).
+    ``tolerance = 0`` runs exactly the step limits (the paper's fixed T/K).
+    """
+
+    schedule: str = "synchronous"
+    free_steps: int = 20
+    nudged_steps: int = 10
+    tolerance: float = 0.0
+    check_every: int = 5
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """EP training settings. ``nudge`` is the output nudging strength."""
+
+    nudge: float = 0.1
+    nudging: str = "one-sided"
+    rule: str = "paper"
+    error: str = "held"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 500
+    epochs: int = 10
+    gain_compensated: bool = False
+
+
+@dataclass(frozen=True)
+class TopologySpec:
+    """A whole topology: input, hidden layers, readout, edges and run settings.
+
+    ``origin`` records a ``generate:`` shorthand the spec was expanded from (or ``None``).
+    """
+
+    name: str
+    input: InputSpec
+    layers: tuple[LayerSpec, ...]
+    readout: ReadoutSpec
+    edges: tuple[EdgeSpec, ...]
+    dynamics: DynamicsSpec = field(default_factory=DynamicsSpec)
+    training: TrainingSpec = field(default_factory=TrainingSpec)
+    origin: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    description: str = ""
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    def layer(self, name: str) -> LayerSpec:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def size_of(self, name: str) -> int:
+        """Number of units of a hidden layer or of ``"input"``."""
+        return self.input.size if name == INPUT else self.layer(name).size
+
+    def edge(self, source: str, target: str, kind: str) -> EdgeSpec:
+        for edge in self.edges:
+            if (edge.source, edge.target, edge.kind) == (source, target, kind):
+                return edge
+        raise KeyError(f"{source}->{target}:{kind}")
+
+    def tied_partner(self, edge: EdgeSpec) -> EdgeSpec:
+        """The forward or skip edge whose weights a tied feedback edge transposes."""
+        for kind in ("forward", "skip"):
+            for other in self.edges:
+                if (other.source, other.target, other.kind) == (edge.target, edge.source, kind):
+                    return other
+        raise KeyError(f"no forward or skip edge {edge.target}->{edge.source}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, the inverse of :func:`topo_ep.validate.spec_from_dict`."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out["input"] = asdict(self.input)
+        out["layers"] = [asdict(layer) for layer in self.layers]
+        readout = asdict(self.readout)
+        readout["from"] = readout.pop("source")
+        out["readout"] = readout
+        edges = []
+        for edge in self.edges:
+            item = asdict(edge)
+            if item["feedback"] is None:
+                del item["feedback"]
+            edges.append(item)
+        out["edges"] = edges
+        out["dynamics"] = asdict(self.dynamics)
+        out["training"] = asdict(self.training)
+        if self.origin is not None:
+            out["origin"] = dict(self.origin)
+        return out
