@@ -30,9 +30,76 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     spec = load_topology(args.file, overrides=args.overrides)
     print(
-        f"{args.file}: ok ({spec.name}: {len(spec.layers)} hidden layers, "
-        f"{len(spec.edges)} edges)"
+        f"{args.file}: ok ({spec.name}: {len(spec.layers)} hidden layers, {len(spec.edges)} edges)"
     )
+    return 0
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from topo_ep.compiler import compile_topology
+    from topo_ep.loader import load_topology
+
+    spec = load_topology(args.file, overrides=args.overrides)
+    net = compile_topology(spec, seed=args.seed)
+    print(net.describe())
+    return 0
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset", default="digits", help="digits (default), mnist, fashion-mnist"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="directory with the IDX files (mnist, fashion-mnist)"
+    )
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from topo_ep.data import check_compatible, load_dataset
+    from topo_ep.loader import load_topology
+    from topo_ep.train import RunSettings, Trainer, summary_line
+
+    spec = load_topology(args.file, overrides=args.overrides)
+    if args.epochs is not None:
+        spec = _with_epochs(spec, args.epochs)
+    settings = RunSettings(
+        method=args.method,
+        epochs=spec.training.epochs,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        limit=args.limit,
+    )
+    dataset = load_dataset(args.dataset, args.data_dir, seed=args.seed, limit=args.limit)
+    check_compatible(dataset, spec.input.size, spec.readout.size, args.file)
+    trainer = Trainer(spec, dataset, settings, out_dir=args.out, progress=not args.quiet)
+    if args.resume:
+        trainer.resume(args.out)
+    print(
+        f"training {spec.name} with {args.method} on {dataset.name} "
+        f"({len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test), "
+        f"device {trainer.device}, {settings.dtype}, seed {args.seed}, out {args.out}"
+    )
+    metrics = trainer.run()
+    print(summary_line(spec, settings, metrics))
+    return 0
+
+
+def _with_epochs(spec, epochs: int):
+    from dataclasses import replace
+
+    return replace(spec, training=replace(spec.training, epochs=epochs))
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from topo_ep.evaluate import evaluate_checkpoint
+
+    report = evaluate_checkpoint(
+        args.checkpoint, dataset=args.dataset, data_dir=args.data_dir, device=args.device
+    )
+    print(report.format())
     return 0
 
 
@@ -47,6 +114,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     _add_set_option(p)
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("compile", help="print the layout, the blocks and the parameter count")
+    p.add_argument("file")
+    p.add_argument("--seed", type=int, default=0)
+    _add_set_option(p)
+    p.set_defaults(func=_cmd_compile)
+
+    p = sub.add_parser("train", help="train a topology")
+    p.add_argument("file")
+    _add_data_options(p)
+    p.add_argument("--epochs", type=int, default=None, help="default: training.epochs")
+    p.add_argument("--method", choices=("ep", "bp"), default="ep")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--out", default="runs/latest", help="run directory (default runs/latest)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--limit", type=int, default=None, help="use at most N training examples")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_set_option(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy and loss of a saved model")
+    p.add_argument("checkpoint", help="checkpoint.pt or its run directory")
+    p.add_argument("--dataset", default=None, help="default: the dataset it was trained on")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
