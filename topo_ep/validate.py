@@ -27,6 +27,7 @@ from topo_ep.spec import (
     FEEDBACK_MODES,
     INITS,
     INPUT,
+    LR_SCHEDULES,
     NUDGINGS,
     OPTIMIZERS,
     RULES,
@@ -76,6 +77,7 @@ TRAINING_KEYS = (
     "error",
     "optimizer",
     "lr",
+    "lr_schedule",
     "weight_decay",
     "batch_size",
     "epochs",
@@ -146,6 +148,11 @@ class FieldChecker:
         """A :class:`TopologyError` about the field at ``path``."""
         return TopologyError(kind, message, self.location(path, key), dotted_path(path))
 
+    def missing(self, path: tuple, key: str) -> TopologyError:
+        """A ``missing-key`` error about the mapping at ``path``."""
+        where = "" if path else " at the top level"
+        return self.error("missing-key", f"the required key '{key}' is missing{where}", path)
+
     # -- containers -------------------------------------------------------------------------
 
     def mapping(
@@ -174,8 +181,7 @@ class FieldChecker:
                 )
         for key in required:
             if key not in value:
-                where = dotted_path(path) or "the top level"
-                raise self.error("missing-key", f"{where} needs the key '{key}'", path)
+                raise self.missing(path, key)
         return dict(value)
 
     def sequence(self, value: Any, path: tuple, what: str) -> list[Any]:
@@ -195,8 +201,7 @@ class FieldChecker:
         """``check(data[key])``, or ``default`` when the key is absent (required if none)."""
         if key not in data:
             if default is _REQUIRED:
-                where = dotted_path(path) or "the top level"
-                raise self.error("missing-key", f"{where} needs the key '{key}'", path)
+                raise self.missing(path, key)
             return default
         return check(data[key], path + (key,))
 
@@ -349,11 +354,8 @@ def _endpoint(check: FieldChecker, value: Any, path: tuple, layers: Sequence[str
             "invalid-value", "an edge cannot end at the input: the input is clamped", path
         )
     if name not in allowed:
-        raise check.error(
-            "missing-layer",
-            f"'{name}' is not a declared layer{suggest(name, allowed)}",
-            path,
-        )
+        hint = suggest(name, allowed) or f"; declared: {', '.join(allowed)}"
+        raise check.error("missing-layer", f"'{name}' is not a declared layer{hint}", path)
     return name
 
 
@@ -496,6 +498,7 @@ def _training(check: FieldChecker, value: Any) -> TrainingSpec:
         error=check.get(data, path, "error", enum(ERROR_MODES), default.error),
         optimizer=check.get(data, path, "optimizer", enum(OPTIMIZERS), default.optimizer),
         lr=check.get(data, path, "lr", positive, default.lr),
+        lr_schedule=check.get(data, path, "lr_schedule", enum(LR_SCHEDULES), default.lr_schedule),
         weight_decay=check.get(
             data, path, "weight_decay", lambda v, p: check.number(v, p, 0.0), default.weight_decay
         ),

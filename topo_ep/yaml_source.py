@@ -49,7 +49,23 @@ Positions = dict[tuple, Location]
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe loader whose resolver also reads ``1e-3`` as a float."""
+    """Safe loader that reads ``1e-3`` as a float and refuses deep nesting while composing."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.nesting = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        self.nesting += 1
+        try:
+            if self.nesting > MAX_DEPTH:
+                raise yaml.MarkedYAMLError(
+                    problem=f"nesting deeper than {MAX_DEPTH} levels",
+                    problem_mark=self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.nesting -= 1
 
 
 _Loader.add_implicit_resolver(_FLOAT, FLOAT_12, list("-+0123456789."))
