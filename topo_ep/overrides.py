@@ -110,7 +110,8 @@ def _index(container: list[Any], part: str, override: Override, where: tuple) ->
             field,
         )
     options = [name for name in names if isinstance(name, str)] + keys
-    raise _error(f"{field} has no item {part!r}{suggest(part, options)}", override.text, field)
+    hint = suggest(part, options) or f"; available: {', '.join(options) or 'none'}"
+    raise _error(f"{field} has no item {part!r}{hint}", override.text, field)
 
 
 def _mark(positions: dict[tuple, Location] | None, path: tuple) -> None:
