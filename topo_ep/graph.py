@@ -189,9 +189,15 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
     ``"readout"`` (``size``, ``bias``, ``feedback``); every node has a ``role`` of ``input``,
     ``hidden`` or ``readout``. Edges are keyed by kind and carry ``gain``, ``feedback``,
     ``learned`` and ``init``; the readout edge has key ``"readout"``. ``graph.graph`` holds
-    ``name`` and ``description``.
+    ``name``, ``description``, ``origin`` and ``edge_order`` (the ``(source, target, kind)``
+    of every edge in declaration order, which :func:`from_graph` restores).
     """
-    result = nx.MultiDiGraph(name=spec.name, description=spec.description)
+    result = nx.MultiDiGraph(
+        name=spec.name,
+        description=spec.description,
+        origin=spec.origin,
+        edge_order=[(edge.source, edge.target, edge.kind) for edge in spec.edges],
+    )
     result.add_node(INPUT, role="input", size=spec.input.size)
     for layer in spec.layers:
         result.add_node(
@@ -237,7 +243,9 @@ def from_graph(
     incoming edge from the layer it reads (optional ``feedback``, ``bias``). Every other edge is
     an :class:`~topo_ep.spec.EdgeSpec`: its kind is the edge key in a multigraph when the key is
     an edge kind, else the ``kind`` attribute, else ``forward``; ``gain``, ``feedback``,
-    ``learned`` and ``init`` come from the attributes. Layers keep the graph's node order.
+    ``learned`` and ``init`` come from the attributes. Layers keep the graph's node order;
+    edges follow ``graph.graph["edge_order"]`` where given, then the graph's edge order.
+    ``graph.graph["origin"]`` becomes the spec's origin.
 
     Parameters
     ----------
@@ -288,7 +296,11 @@ def from_graph(
             if attrs.get(field) is not None:
                 edge[field] = attrs[field]
         edges.append(edge)
+    order = {tuple(item): index for index, item in enumerate(graph.graph.get("edge_order", ()))}
+    edges.sort(key=lambda e: order.get((e["source"], e["target"], e["kind"]), len(order)))
     data["edges"] = edges
+    if graph.graph.get("origin") is not None:
+        data["origin"] = graph.graph["origin"]
     if dynamics is not None:
         data["dynamics"] = dict(dynamics)
     if training is not None:
