@@ -182,6 +182,12 @@ def test_big_file_is_refused(tmp_path: Path) -> None:
     assert info.value.kind == "path" and "MiB" in info.value.message
 
 
+def test_unusable_path_is_a_path_error() -> None:
+    with pytest.raises(TopologyError) as info:
+        load_topology("x" * 5000)
+    assert info.value.kind == "path"
+
+
 def test_missing_path_suggests_yaml_suffix(tmp_path: Path) -> None:
     (tmp_path / "net.yaml").write_text("name: x\n")
     with pytest.raises(TopologyError) as info:

@@ -64,7 +64,14 @@ def read_topology_text(path: str | os.PathLike[str]) -> str:
     """
     filename = os.fspath(path)
     file = Path(filename)
-    if not file.exists():
+    try:
+        exists, is_dir = file.exists(), file.is_dir()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise TopologyError(
+            "path", f"cannot use this path: {reason}", Location(filename[:200])
+        ) from None
+    if not exists:
         hint = ""
         for suffix in (".yaml", ".yml"):
             candidate = Path(filename + suffix)
@@ -76,7 +83,7 @@ def read_topology_text(path: str | os.PathLike[str]) -> str:
             f"no topology file at {filename!r} (looked for {file.absolute()}){hint}",
             Location(filename),
         )
-    if file.is_dir():
+    if is_dir:
         raise TopologyError(
             "path",
             f"{filename!r} is a directory; expected a YAML topology file such as "
