@@ -1,0 +1,337 @@
+"""Training runs on digits: run directory contents, resume, determinism, evaluation,
+atomic checkpoints and the dataset-size check.
+
+The topology is quickstart.yaml shrunk with ``--set`` overrides (16 units per layer); runs use
+``--limit 200`` and 2 epochs. Most runs are made once per module (fixture ``runs``).
+
+Known library bug worked around here (see the two xfail tests at the end of the file):
+``topo_ep.train.package_versions`` returns ``torch.__version__`` as a ``TorchVersion`` object,
+which ``yaml.safe_dump`` cannot write (so ``config.yaml`` crashes every run) and which
+``torch.load(weights_only=True)`` refuses (so checkpoints cannot be read back). While the
+module's runs are made, ``package_versions`` is wrapped to return plain strings; everything
+else is the library's own code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import topo_ep.train as train_module
+from topo_ep.checkpoint import load_checkpoint, save_atomic
+from topo_ep.cli import main
+from topo_ep.data import load_dataset
+from topo_ep.evaluate import evaluate_checkpoint
+from topo_ep.loader import loads_topology, save_topology
+from topo_ep.spec import TopologySpec
+from topo_ep.train import RunSettings, Trainer
+from topo_ep.validate import spec_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+OVERRIDES = ["layers.h1.size=16", "layers.h2.size=16", "training.batch_size=50"]
+LIMIT = 200
+METHODS = ("ep", "bp")
+REQUIRED_KEYS = {
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "val_acc",
+    "test_acc",
+    "seconds",
+    "free_steps",
+    "nudged_steps",
+}
+_ORIGINAL_VERSIONS = train_module.package_versions
+
+
+def _string_versions() -> dict[str, str]:
+    return {key: str(value) for key, value in _ORIGINAL_VERSIONS().items()}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny_spec() -> TopologySpec:
+    text = (REPO / "topologies" / "quickstart.yaml").read_text(encoding="utf-8")
+    return loads_topology(text, "quickstart.yaml", overrides=OVERRIDES)
+
+
+def _with_epochs(spec: TopologySpec, epochs: int) -> TopologySpec:
+    return dataclasses.replace(spec, training=dataclasses.replace(spec.training, epochs=epochs))
+
+
+def _train(topology: Path, out: Path, *extra: str) -> int:
+    return main(
+        ["train", str(topology), "--limit", str(LIMIT), "--quiet", "--out", str(out), *extra]
+    )
+
+
+def _metrics(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _model(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoint.pt")["model"]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _trainer(spec, method: str, epochs: int, out: Path) -> Trainer:
+    settings = RunSettings(
+        method=method, epochs=epochs, seed=0, device="cpu", dataset="digits", limit=LIMIT
+    )
+    dataset = load_dataset("digits", seed=0, limit=LIMIT)
+    return Trainer(spec, dataset, settings, out_dir=out, progress=False, log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory) -> tuple[Path, TopologySpec]:
+    spec = _tiny_spec()
+    path = tmp_path_factory.mktemp("topology") / "tiny.yaml"
+    save_topology(spec, path)
+    return path, spec
+
+
+@pytest.fixture(scope="module")
+def runs(topology, tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """Run directories keyed by (method, kind)."""
+    path, spec = topology
+    root = tmp_path_factory.mktemp("runs")
+    out: dict[tuple[str, str], Path] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "package_versions", _string_versions)
+        for method in METHODS:
+            common = ["--epochs", "2", "--method", method]
+            for kind, seed in (("full", "0"), ("again", "0"), ("other", "1")):
+                run = root / f"{method}-{kind}"
+                assert _train(path, run, *common, "--seed", seed) == 0
+                out[(method, kind)] = run
+            # interrupted after epoch 1, resumed to 2 (through the Trainer: see the xfail
+            # test_cli_resume_with_more_epochs for the command-line path)
+            run = root / f"{method}-resumed"
+            _trainer(_with_epochs(spec, 2), method, 1, run).run()
+            assert len(_metrics(run)) == 1
+            trainer = _trainer(_with_epochs(spec, 2), method, 2, run)
+            trainer.resume(run)
+            assert trainer.start_epoch == 2
+            trainer.run()
+            out[(method, "resumed")] = run
+    return out
+
+
+# ---------------------------------------------------------------------------- run directory
+@pytest.mark.parametrize("method", METHODS)
+def test_metrics_have_one_line_per_epoch_with_required_keys(runs, method):
+    records = _metrics(runs[(method, "full")])
+    assert [r["epoch"] for r in records] == [1, 2]
+    for record in records:
+        assert record.keys() >= REQUIRED_KEYS
+        for key in ("train_acc", "val_acc", "test_acc"):
+            assert 0.0 <= record[key] <= 1.0, key
+        assert record["train_loss"] > 0 and record["seconds"] >= 0
+        if method == "ep":  # quickstart: sweep, tolerance 1e-4, limits 10 / 6, check every 2
+            assert 0 < record["free_steps"] <= 10
+            assert 0 < record["nudged_steps"] <= 6
+        else:
+            assert record["free_steps"] == record["nudged_steps"] == 0
+    # training did something: the last epoch beats chance on the test split
+    assert records[-1]["test_acc"] > 0.2
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_config_holds_resolved_topology_run_settings_and_versions(runs, topology, method):
+    _, spec = topology
+    document = yaml.safe_load((runs[(method, "full")] / "config.yaml").read_text("utf-8"))
+    expected = _with_epochs(spec, 2)
+    assert document["topology"] == expected.to_dict()
+    assert document["topology"]["layers"][0]["size"] == 16  # the --set overrides are resolved
+    assert spec_from_dict(document["topology"]) == expected
+    assert document["run"]["method"] == method
+    assert document["run"]["seed"] == 0 and document["run"]["limit"] == LIMIT
+    versions = document["versions"]
+    assert {"topo-ep", "python", "torch", "numpy"} <= versions.keys()
+    assert versions["torch"] == str(torch.__version__)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_checkpoint_exists_and_records_the_last_epoch(runs, method):
+    run = runs[(method, "full")]
+    payload = load_checkpoint(run / "checkpoint.pt")
+    assert payload["epoch"] == 2 and payload["method"] == method
+    assert payload["metrics"] == _metrics(run)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.pt",
+        "config.yaml",
+        "metrics.jsonl",
+    ]
+
+
+# ---------------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("method", METHODS)
+def test_resumed_run_is_bit_identical_to_uninterrupted(runs, method):
+    full, resumed = runs[(method, "full")], runs[(method, "resumed")]
+    _assert_same_weights(_model(full), _model(resumed))
+    a, b = _metrics(full), _metrics(resumed)
+    assert len(a) == len(b) == 2
+    for x, y in zip(a, b, strict=True):
+        assert {k: v for k, v in x.items() if k != "seconds"} == {
+            k: v for k, v in y.items() if k != "seconds"
+        }
+    # optimizer state too
+    opt_a = load_checkpoint(full / "checkpoint.pt")["optimizer"]["state"]
+    opt_b = load_checkpoint(resumed / "checkpoint.pt")["optimizer"]["state"]
+    for key in opt_a:
+        for name, value in opt_a[key].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(opt_b[key][name]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_same_weights_different_seed_different_weights(runs, method):
+    full = _model(runs[(method, "full")])
+    _assert_same_weights(full, _model(runs[(method, "again")]))
+    other = _model(runs[(method, "other")])
+    assert full.keys() == other.keys()
+    for key in full:
+        if key.startswith("weights.") or key == "readout_weight":
+            assert not torch.equal(full[key], other[key]), key
+
+
+def test_training_changed_the_weights(runs, topology):
+    _, spec = topology
+    initial = train_module.compile_topology(spec, seed=0).state_dict()
+    trained = _model(runs[("ep", "full")])
+    for key in initial:
+        if key.startswith("weights.") or key == "readout_weight":
+            assert not torch.equal(initial[key], trained[key]), key
+
+
+# ---------------------------------------------------------------------------- evaluate
+@pytest.mark.parametrize("method", METHODS)
+def test_evaluate_reports_the_last_test_accuracy(runs, method, capsys):
+    run = runs[(method, "full")]
+    last = _metrics(run)[-1]
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "checkpoint.pt"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"test acc {last['test_acc']:.4f}" in printed
+    assert f"val acc {last['val_acc']:.4f}" in printed
+    report = evaluate_checkpoint(run, device="cpu")  # a run directory works too
+    assert report.test_acc == last["test_acc"]
+    assert report.val_acc == last["val_acc"]
+    assert (report.epoch, report.method) == (2, method)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _partial_then_fail(exception: BaseException):
+    def fake_save(obj, handle, *args, **kwargs):
+        handle.write(b"PK\x03\x04 half a checkpoint")
+        raise exception
+
+    return fake_save
+
+
+def test_failed_checkpoint_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "package_versions", _string_versions)
+    spec = _with_epochs(_tiny_spec(), 2)
+    run = tmp_path / "run"
+    _trainer(spec, "bp", 1, run).run()
+    before = (run / "checkpoint.pt").read_bytes()
+    trainer = _trainer(spec, "bp", 2, run)
+    trainer.resume(run)
+    monkeypatch.setattr(torch, "save", _partial_then_fail(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        trainer.run()
+    monkeypatch.undo()
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert load_checkpoint(run)["epoch"] == 1
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.pt",
+        "config.yaml",
+        "metrics.jsonl",
+    ]
+    # resuming again drops the metrics line of the epoch whose checkpoint was lost
+    monkeypatch.setattr(train_module, "package_versions", _string_versions)
+    trainer = _trainer(spec, "bp", 2, run)
+    trainer.resume(run)
+    trainer.run()
+    assert [r["epoch"] for r in _metrics(run)] == [1, 2]
+
+
+@pytest.mark.parametrize("exception", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_save_atomic_leaves_no_temporary_file(tmp_path, monkeypatch, exception):
+    path = tmp_path / "checkpoint.pt"
+    save_atomic({"spec": {}, "model": {}, "epoch": 1, "method": "ep"}, path)
+    before = path.read_bytes()
+    monkeypatch.setattr(torch, "save", _partial_then_fail(exception))
+    with pytest.raises(type(exception)):
+        save_atomic({"spec": {}, "model": {}, "epoch": 2, "method": "ep"}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+# ---------------------------------------------------------------------------- dataset checks
+def test_topology_input_size_must_match_the_dataset(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = _train(REPO / "topologies" / "chain_5x64.yaml", out, "--epochs", "1")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "[dataset-size]" in err and "784" in err and "64" in err
+    assert "Traceback" not in err
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_readout_smaller_than_the_classes_is_rejected(topology, tmp_path, capsys):
+    path, _ = topology
+    code = _train(path, tmp_path / "run", "--epochs", "1", "--set", "readout.size=5")
+    err = capsys.readouterr().err
+    assert code == 2 and "[dataset-size]" in err and "readout" in err
+
+
+# ---------------------------------------------------------------------------- known bugs
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG topo_ep/train.py package_versions: torch.__version__ is a TorchVersion, not a "
+    "str; yaml.safe_dump in write_config raises RepresenterError (every train run crashes "
+    "before epoch 1) and torch.load(weights_only=True) refuses it in checkpoints",
+)
+def test_train_and_evaluate_without_workaround(topology, tmp_path):
+    path, _ = topology
+    run = tmp_path / "run"
+    assert _train(path, run, "--epochs", "1", "--method", "bp") == 0
+    versions = yaml.safe_load((run / "config.yaml").read_text("utf-8"))["versions"]
+    assert versions["torch"] == str(torch.__version__)
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG topo_ep/cli.py _cmd_train folds --epochs into spec.training.epochs and "
+    "Trainer.resume compares the whole spec, so '--epochs 2 --resume' after '--epochs 1' "
+    "fails with 'written for a different topology or settings' (exit 2)",
+)
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_resume_with_more_epochs(runs, topology, tmp_path, monkeypatch, method):
+    monkeypatch.setattr(train_module, "package_versions", _string_versions)
+    path, _ = topology
+    run = tmp_path / "run"
+    assert _train(path, run, "--epochs", "1", "--method", method) == 0
+    assert _train(path, run, "--epochs", "2", "--method", method, "--resume") == 0
+    assert len(_metrics(run)) == 2
+    _assert_same_weights(_model(runs[(method, "full")]), _model(run))
