@@ -3,13 +3,6 @@ atomic checkpoints and the dataset-size check.
 
 The topology is quickstart.yaml shrunk with ``--set`` overrides (16 units per layer); runs use
 ``--limit 200`` and 2 epochs. Most runs are made once per module (fixture ``runs``).
-
-Known library bug worked around here (see the two xfail tests at the end of the file):
-``topo_ep.train.package_versions`` returns ``torch.__version__`` as a ``TorchVersion`` object,
-which ``yaml.safe_dump`` cannot write (so ``config.yaml`` crashes every run) and which
-``torch.load(weights_only=True)`` refuses (so checkpoints cannot be read back). While the
-module's runs are made, ``package_versions`` is wrapped to return plain strings; everything
-else is the library's own code.
 """
 
 from __future__ import annotations
@@ -46,11 +39,6 @@ REQUIRED_KEYS = {
     "free_steps",
     "nudged_steps",
 }
-_ORIGINAL_VERSIONS = train_module.package_versions
-
-
-def _string_versions() -> dict[str, str]:
-    return {key: str(value) for key, value in _ORIGINAL_VERSIONS().items()}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -113,24 +101,22 @@ def runs(topology, tmp_path_factory) -> dict[tuple[str, str], Path]:
     path, spec = topology
     root = tmp_path_factory.mktemp("runs")
     out: dict[tuple[str, str], Path] = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "package_versions", _string_versions)
-        for method in METHODS:
-            common = ["--epochs", "2", "--method", method]
-            for kind, seed in (("full", "0"), ("again", "0"), ("other", "1")):
-                run = root / f"{method}-{kind}"
-                assert _train(path, run, *common, "--seed", seed) == 0
-                out[(method, kind)] = run
-            # interrupted after epoch 1, resumed to 2 (through the Trainer: see the xfail
-            # test_cli_resume_with_more_epochs for the command-line path)
-            run = root / f"{method}-resumed"
-            _trainer(_with_epochs(spec, 2), method, 1, run).run()
-            assert len(_metrics(run)) == 1
-            trainer = _trainer(_with_epochs(spec, 2), method, 2, run)
-            trainer.resume(run)
-            assert trainer.start_epoch == 2
-            trainer.run()
-            out[(method, "resumed")] = run
+    for method in METHODS:
+        common = ["--epochs", "2", "--method", method]
+        for kind, seed in (("full", "0"), ("again", "0"), ("other", "1")):
+            run = root / f"{method}-{kind}"
+            assert _train(path, run, *common, "--seed", seed) == 0
+            out[(method, kind)] = run
+        # interrupted after epoch 1, resumed to 2 (through the Trainer; the command-line
+        # path is test_cli_resume_with_more_epochs)
+        run = root / f"{method}-resumed"
+        _trainer(_with_epochs(spec, 2), method, 1, run).run()
+        assert len(_metrics(run)) == 1
+        trainer = _trainer(_with_epochs(spec, 2), method, 2, run)
+        trainer.resume(run)
+        assert trainer.start_epoch == 2
+        trainer.run()
+        out[(method, "resumed")] = run
     return out
 
 
@@ -157,8 +143,9 @@ def test_metrics_have_one_line_per_epoch_with_required_keys(runs, method):
 def test_config_holds_resolved_topology_run_settings_and_versions(runs, topology, method):
     _, spec = topology
     document = yaml.safe_load((runs[(method, "full")] / "config.yaml").read_text("utf-8"))
-    expected = _with_epochs(spec, 2)
+    expected = spec  # --epochs sets the run length, not the topology's training.epochs
     assert document["topology"] == expected.to_dict()
+    assert document["run"]["epochs"] == 2
     assert document["topology"]["layers"][0]["size"] == 16  # the --set overrides are resolved
     assert spec_from_dict(document["topology"]) == expected
     assert document["run"]["method"] == method
@@ -246,7 +233,6 @@ def _partial_then_fail(exception: BaseException):
 
 
 def test_failed_checkpoint_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "package_versions", _string_versions)
     spec = _with_epochs(_tiny_spec(), 2)
     run = tmp_path / "run"
     _trainer(spec, "bp", 1, run).run()
@@ -265,7 +251,6 @@ def test_failed_checkpoint_write_keeps_previous_checkpoint(tmp_path, monkeypatch
         "metrics.jsonl",
     ]
     # resuming again drops the metrics line of the epoch whose checkpoint was lost
-    monkeypatch.setattr(train_module, "package_versions", _string_versions)
     trainer = _trainer(spec, "bp", 2, run)
     trainer.resume(run)
     trainer.run()
@@ -304,13 +289,7 @@ def test_readout_smaller_than_the_classes_is_rejected(topology, tmp_path, capsys
     assert code == 2 and "[dataset-size]" in err and "readout" in err
 
 
-# ---------------------------------------------------------------------------- known bugs
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG topo_ep/train.py package_versions: torch.__version__ is a TorchVersion, not a "
-    "str; yaml.safe_dump in write_config raises RepresenterError (every train run crashes "
-    "before epoch 1) and torch.load(weights_only=True) refuses it in checkpoints",
-)
+# ---------------------------------------------------------------------------- regressions
 def test_train_and_evaluate_without_workaround(topology, tmp_path):
     path, _ = topology
     run = tmp_path / "run"
@@ -320,15 +299,8 @@ def test_train_and_evaluate_without_workaround(topology, tmp_path):
     assert main(["evaluate", str(run), "--device", "cpu"]) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG topo_ep/cli.py _cmd_train folds --epochs into spec.training.epochs and "
-    "Trainer.resume compares the whole spec, so '--epochs 2 --resume' after '--epochs 1' "
-    "fails with 'written for a different topology or settings' (exit 2)",
-)
 @pytest.mark.parametrize("method", METHODS)
 def test_cli_resume_with_more_epochs(runs, topology, tmp_path, monkeypatch, method):
-    monkeypatch.setattr(train_module, "package_versions", _string_versions)
     path, _ = topology
     run = tmp_path / "run"
     assert _train(path, run, "--epochs", "1", "--method", method) == 0

@@ -60,11 +60,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from topo_ep.train import RunSettings, Trainer, summary_line
 
     spec = load_topology(args.file, overrides=args.overrides)
-    if args.epochs is not None:
-        spec = _with_epochs(spec, args.epochs)
     settings = RunSettings(
         method=args.method,
-        epochs=spec.training.epochs,
+        epochs=args.epochs if args.epochs is not None else spec.training.epochs,
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
@@ -85,12 +83,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     metrics = trainer.run()
     print(summary_line(spec, settings, metrics))
     return 0
-
-
-def _with_epochs(spec, epochs: int):
-    from dataclasses import replace
-
-    return replace(spec, training=replace(spec.training, epochs=epochs))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ RULES = ("paper", "contrast")
 NUDGINGS = ("one-sided", "symmetric")
 ERROR_MODES = ("held", "reread")
 OPTIMIZERS = ("adam", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,11 @@ class DynamicsSpec:
 
 @dataclass(frozen=True)
 class TrainingSpec:
-    """EP training settings. ``nudge`` is the output nudging strength."""
+    """EP training settings. ``nudge`` is the output nudging strength.
+
+    ``lr_schedule: cosine`` sets the learning rate of epoch e (1-based, of E) to
+    lr * (1 + cos(pi (e - 1) / E)) / 2.
+    """
 
     nudge: float = 0.1
     nudging: str = "one-sided"
@@ -114,6 +119,7 @@ class TrainingSpec:
     error: str = "held"
     optimizer: str = "adam"
     lr: float = 1e-3
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     batch_size: int = 500
     epochs: int = 10

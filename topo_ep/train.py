@@ -75,6 +75,15 @@ def make_optimizer(net: CompiledNetwork, spec: TopologySpec) -> torch.optim.Opti
     return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
+def epoch_learning_rate(spec: TopologySpec, epoch: int, epochs: int) -> float:
+    """Learning rate of ``epoch`` (1-based, of ``epochs``): constant, or
+    lr (1 + cos(pi (e-1) / E)) / 2 for ``lr_schedule: cosine``."""
+    t = spec.training
+    if t.lr_schedule == "cosine":
+        return t.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
+    return t.lr
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The shuffling generator of one epoch; depends only on (seed, epoch)."""
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
@@ -114,7 +123,7 @@ def package_versions() -> dict[str, str]:
     return {
         "topo-ep": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "networkx": networkx.__version__,
@@ -228,6 +237,8 @@ class Trainer:
             correct=torch.zeros((), dtype=torch.int64, device=self.device),
         )
         n_batches = math.ceil(len(split.y) / batch_size)
+        for group in self.optimizer.param_groups:
+            group["lr"] = epoch_learning_rate(self.spec, epoch, self.settings.epochs)
         batches = iterate_batches(split, batch_size, epoch_generator(self.settings.seed, epoch))
         bar = tqdm(
             batches,
