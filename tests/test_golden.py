@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import golden_path
 from topo_ep.compiler import compile_topology
 from topo_ep.learn.ep import EquilibriumPropagation
 from topo_ep.spec import (
@@ -22,7 +23,6 @@ from topo_ep.spec import (
     ReadoutSpec,
     TopologySpec,
 )
-from tests.helpers import golden_path
 
 TOL = 1e-12
 
