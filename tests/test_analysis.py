@@ -1,0 +1,342 @@
+"""Analyses checked against exact theory.
+
+- Chain with tied feedback of uniform gain g: D = diag(g^{k/2}) gives D M D^{-1} = sqrt(g) S,
+  S symmetric and independent of g, so rho(M(g)) = sqrt(g) rho(M(1)) exactly.
+- ARPACK (the large-network estimator) must agree with LAPACK on operators whose largest
+  eigenvalues come as +-lambda pairs (bipartite layer graphs: chains, residual nets) and as
+  complex pairs (random feedback) -- the cases where power iteration fails.
+- tanh at s = 0 (zero input, no bias) has rho'(0) = 1, so the Jacobian there is M itself; the
+  sweep's Jacobian is then the block Gauss-Seidel matrix of M, and for a chain (block
+  tridiagonal, consistently ordered) Young's theorem gives rho(GS) = rho(Jacobi)^2.
+- With the identity activation the tangent map is M itself, so the finite-time Lyapunov
+  exponent tends to log rho(M), and the residual of a linear relaxation shrinks by rho per step.
+- EP's symmetric contrast update on a balanced chain is (c_top^2 / c_j^2) dL/dW as the nudge
+  goes to 0 (DESIGN): cosine 1 with the implicit gradient and norm ratio equal to the product
+  of the gains.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from topo_ep import spectral
+from topo_ep.analysis.backends import implicit_gradient, reference_implicit_gradient
+from topo_ep.analysis.balance import balance_report
+from topo_ep.analysis.convergence import convergence_times
+from topo_ep.analysis.energy_trace import energy_trace
+from topo_ep.analysis.gradient_flow import gradient_flow, predicted_factors
+from topo_ep.analysis.jacobian import jacobian_radii, jacobian_radius_at
+from topo_ep.analysis.lyapunov import lyapunov_exponents
+from topo_ep.analysis.operator import operator_spectrum, with_feedback_gain
+from topo_ep.analysis.states import convergence_tolerance, free_fixed_point
+from topo_ep.analysis.tangent import step_with_tangent
+from topo_ep.compiler import compile_topology
+from topo_ep.engine import make_schedule, step
+from topo_ep.loader import load_topology, loads_topology
+from topo_ep.spec import TopologySpec
+from topo_ep.validate import spec_from_dict
+
+F64 = torch.float64
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def network(
+    sizes: tuple[int, ...],
+    gain: float = 0.1,
+    feedback: str = "tied",
+    skips: tuple[tuple[int, int], ...] = (),
+    activation: str = "tanh",
+    n_in: int = 7,
+    classes: int = 3,
+    extra: dict | None = None,
+) -> TopologySpec:
+    """A chain h1..hL of ``sizes`` with feedback of ``gain``; ``skips`` (i, j), 1-based, add a
+    skip hi -> hj with its feedback partner."""
+    names = [f"h{k + 1}" for k in range(len(sizes))]
+    edges: list[dict] = [{"source": "input", "target": "h1"}]
+    pairs = list(zip(names[:-1], names[1:], strict=True))
+    pairs += [(names[i - 1], names[j - 1]) for i, j in skips]
+    for index, (a, b) in enumerate(pairs):
+        kind = "forward" if index < len(names) - 1 else "skip"
+        edges.append({"source": a, "target": b, "kind": kind})
+        edges.append(
+            {"source": b, "target": a, "kind": "feedback", "gain": gain, "feedback": feedback}
+        )
+    data = {
+        "name": "net",
+        "input": {"size": n_in},
+        "layers": [
+            {"name": n, "size": s, "activation": activation}
+            for n, s in zip(names, sizes, strict=True)
+        ],
+        "readout": {"from": names[-1], "size": classes, "feedback": feedback},
+        "edges": edges,
+    }
+    data.update(extra or {})
+    return spec_from_dict(data)
+
+
+def batch(spec: TopologySpec, size: int = 4, seed: int = 0, dtype=F64):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(size, spec.input.size, generator=gen, dtype=F64).to(dtype)
+    y = torch.randint(0, spec.readout.size, (size,), generator=gen)
+    return x, y
+
+
+# ---------------------------------------------------------------------------- operator
+@pytest.mark.parametrize("depth", [2, 3, 5, 10])
+@pytest.mark.parametrize("gain", [0.001, 0.01, 0.1, 0.5, 2.0])
+def test_chain_radius_scales_with_sqrt_gain(depth, gain):
+    sizes = tuple(4 + (k % 3) for k in range(depth))
+    net = compile_topology(network(sizes, gain=gain), seed=depth, dtype=F64)
+    unit = with_feedback_gain(net, 1.0)
+    radius = spectral.spectral_radius(net, method="exact")
+    expected = math.sqrt(gain) * spectral.spectral_radius(unit, method="exact")
+    assert radius == pytest.approx(expected, rel=1e-6)
+    assert operator_spectrum(net).sqrt_gain_prediction == pytest.approx(radius, rel=1e-6)
+
+
+def _has_plus_minus_pairs(values: np.ndarray) -> bool:
+    """The spectrum is symmetric under lambda -> -lambda (bipartite coupling)."""
+    a = np.sort_complex(np.round(values, 8))
+    b = np.sort_complex(np.round(-values, 8))
+    return bool(np.allclose(a, b, atol=1e-6))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(
+    "skips", [(), ((1, 4),), ((1, 4), (2, 5))], ids=["chain", "residual", "two-skips"]
+)
+def test_arpack_matches_exact_with_plus_minus_pairs(seed, skips):
+    rng = np.random.default_rng(seed)
+    sizes = tuple(int(v) for v in rng.integers(4, 12, size=5))
+    spec = network(sizes, gain=float(rng.uniform(0.05, 2.0)), skips=skips)
+    net = compile_topology(spec, seed=seed, dtype=F64)
+    exact = spectral.eigenvalues(net)
+    assert _has_plus_minus_pairs(exact)  # the top modulus is attained twice: +lambda and -lambda
+    truth = float(np.abs(exact).max())
+    assert spectral.spectral_radius(net, method="arpack") == pytest.approx(truth, rel=1e-8)
+    top = spectral.spectrum(net, k=6, method="arpack")
+    reference = np.sort(np.abs(exact))[::-1][:6]
+    assert np.sort(np.abs(top))[::-1] == pytest.approx(reference, rel=1e-7)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_arpack_matches_exact_with_complex_pairs(seed):
+    rng = np.random.default_rng(100 + seed)
+    sizes = tuple(int(v) for v in rng.integers(4, 10, size=4))
+    spec = network(sizes, gain=float(rng.uniform(0.2, 3.0)), feedback="random", skips=((1, 3),))
+    net = compile_topology(spec, seed=seed, dtype=F64)
+    exact = spectral.eigenvalues(net)
+    assert np.abs(exact.imag).max() > 1e-3  # random feedback: complex pairs
+    truth = float(np.abs(exact).max())
+    assert spectral.spectral_radius(net, method="arpack") == pytest.approx(truth, rel=1e-8)
+
+
+def test_arpack_never_densifies(monkeypatch):
+    net = compile_topology(network((30, 30, 30)), seed=0, dtype=F64)
+    truth = spectral.spectral_radius(net, method="exact")
+
+    def forbidden():
+        raise AssertionError("hidden_operator() called by the ARPACK path")
+
+    monkeypatch.setattr(net, "hidden_operator", forbidden)
+    assert spectral.spectral_radius(net, method="arpack") == pytest.approx(truth, rel=1e-8)
+
+
+def test_spectral_method_is_checked():
+    net = compile_topology(network((4, 4)), dtype=F64)
+    with pytest.raises(ValueError, match="unknown spectral method"):
+        spectral.spectral_radius(net, method="power")
+
+
+# ---------------------------------------------------------------------------- Jacobian
+def _zero_fixed_point(net):
+    """Zero input and no bias: s = 0 is the free fixed point and rho'(0) = 1 for tanh."""
+    x = torch.zeros(1, net.spec.input.size, dtype=net.dtype)
+    fixed = free_fixed_point(net, x)
+    assert fixed.converged and all(float(s.abs().max()) == 0.0 for s in fixed.state)
+    return x, fixed
+
+
+@pytest.mark.parametrize("feedback", ["tied", "random"])
+def test_jacobian_at_zero_state_is_the_operator(feedback):
+    net = compile_topology(network((6, 7, 5, 6), gain=0.7, feedback=feedback), seed=3, dtype=F64)
+    x, fixed = _zero_fixed_point(net)
+    radii = jacobian_radii(net, x, ("synchronous",), fixed_point=fixed)["synchronous"]
+    assert radii.radii[0] == pytest.approx(spectral.spectral_radius(net), rel=1e-10)
+
+
+def test_sweep_jacobian_of_a_chain_is_the_square_of_the_synchronous_one():
+    net = compile_topology(network((6, 7, 5, 6, 4), gain=0.4), seed=1, dtype=F64)
+    x, fixed = _zero_fixed_point(net)
+    radii = jacobian_radii(net, x, ("synchronous", "sweep"), fixed_point=fixed)
+    assert radii["sweep"].radii[0] == pytest.approx(radii["synchronous"].radii[0] ** 2, rel=1e-8)
+
+
+def test_jacobian_exact_and_arpack_agree_at_a_driven_fixed_point():
+    spec = network((12, 10, 11), gain=0.3, feedback="random", skips=((1, 3),))
+    net = compile_topology(spec, seed=2, dtype=F64)
+    x, _ = batch(spec, size=3)
+    fixed = free_fixed_point(net, x)
+    for schedule in ("synchronous", "sweep"):
+        for i in range(3):
+            derivative = [d[i : i + 1] for d in fixed.derivative]
+            exact = jacobian_radius_at(net, derivative, schedule, method="exact")
+            arpack = jacobian_radius_at(net, derivative, schedule, method="arpack")
+            assert arpack == pytest.approx(exact, rel=1e-8)
+    result = jacobian_radii(net, x, ("synchronous",), fixed_point=fixed)["synchronous"]
+    assert result.max < spectral.spectral_radius(net)  # |tanh'| < 1 away from 0 shrinks it
+    assert result.locally_contracting and result.fraction_contracting == 1.0
+
+
+# ---------------------------------------------------------------------------- trajectories
+@pytest.mark.parametrize("schedule", ["synchronous", "sweep"])
+def test_step_with_tangent_follows_the_engine_exactly(schedule):
+    spec = network((5, 6, 4), gain=0.3, skips=((1, 3),))
+    net = compile_topology(spec, seed=0, dtype=F64)
+    x, _ = batch(spec)
+    drives = net.input_drive(x)
+    groups = make_schedule(net, schedule)
+    state = net.layout.zeros(4, dtype=F64, device=net.device)
+    tangent = [torch.ones_like(s) for s in state]
+    with torch.no_grad():
+        for _ in range(5):
+            expected = step(net, state, drives, groups)
+            state, tangent = step_with_tangent(net, state, tangent, drives, groups)
+            for a, b in zip(state, expected, strict=True):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("feedback", "gain"), [("tied", 0.1), ("random", 0.5)])
+def test_lyapunov_exponent_of_a_linear_map_is_log_spectral_radius(feedback, gain):
+    spec = network((5, 6, 5, 4), gain=gain, feedback=feedback, activation="identity")
+    net = compile_topology(spec, seed=4, dtype=F64)
+    radius = spectral.spectral_radius(net)
+    assert radius < 1  # contracting
+    x, _ = batch(spec, size=3)
+    result = lyapunov_exponents(net, x, steps=2000, seed=1)
+    assert result.exponents == pytest.approx(np.full(3, math.log(radius)), abs=5e-3)
+    assert result.fraction_positive == 0.0
+
+
+def test_lyapunov_exponent_is_positive_for_an_expanding_linear_map():
+    spec = network((5, 6, 5), gain=4.0, activation="identity")
+    net = compile_topology(spec, seed=4, dtype=F64)
+    radius = spectral.spectral_radius(net)
+    assert radius > 1
+    result = lyapunov_exponents(net, batch(spec, size=2)[0], steps=400)
+    assert result.mean == pytest.approx(math.log(radius), abs=2e-2)
+
+
+def test_convergence_rate_of_a_linear_relaxation_is_the_spectral_radius():
+    spec = network((5, 6, 5, 4), gain=0.5, feedback="random", activation="identity")
+    net = compile_topology(spec, seed=4, dtype=F64)
+    radius = spectral.spectral_radius(net)
+    x, _ = batch(spec, size=3)
+    result = convergence_times(net, x, "synchronous", max_steps=2000)
+    assert result.fraction_converged == 1.0
+    assert result.rates == pytest.approx(np.full(3, radius), rel=0.05)
+    # the residual stays below the tolerance from the reported time on, for 3 steps
+    for i, time in enumerate(result.times.astype(int)):
+        trace = result.residuals[:, i]
+        assert np.all(trace[time - 1 : time + 2] < result.tolerance)
+        assert trace[time - 2] >= result.tolerance or time == 1
+
+
+def test_convergence_tolerance_is_dtype_aware():
+    assert convergence_tolerance(F64) == 1e-6
+    assert convergence_tolerance(torch.float32) == pytest.approx(16 * 2.0**-23)
+    spec = network((6, 5), gain=0.05)
+    net = compile_topology(spec, seed=0, dtype=torch.float32)
+    result = convergence_times(net, batch(spec, dtype=torch.float32)[0], "sweep")
+    assert result.fraction_converged == 1.0 and result.tolerance > 1e-6
+
+
+def test_convergence_reports_unconverged_samples_as_nan():
+    spec = network((5, 6, 5), gain=4.0, activation="identity")
+    net = compile_topology(spec, seed=4, dtype=F64)
+    result = convergence_times(net, batch(spec, size=2)[0], "synchronous", max_steps=30)
+    assert np.all(np.isnan(result.times)) and result.fraction_converged == 0.0
+
+
+# ---------------------------------------------------------------------------- gradient flow
+def test_ep_contrast_update_is_the_gradient_scaled_by_the_product_of_gains():
+    extra = {
+        "dynamics": {"free_steps": 400, "nudged_steps": 400, "tolerance": 1e-13},
+        "training": {"nudge": 1e-4, "nudging": "symmetric", "rule": "contrast", "error": "reread"},
+    }
+    spec = network((6, 5, 4), gain=0.1, extra=extra)
+    net = compile_topology(spec, seed=0, dtype=F64)
+    x, y = batch(spec, size=5)
+    flow = gradient_flow(net, x, y)
+    assert flow.factor_basis == "balance"
+    for row in flow.edges:
+        assert row.cos_implicit == pytest.approx(1.0, abs=1e-6)
+        assert row.norm_ratio == pytest.approx(row.predicted_factor, rel=1e-4)
+    assert [row.predicted_factor for row in flow.edges] == pytest.approx([0.01, 0.1, 1.0])
+    rms = [row.rms for row in flow.layers]
+    assert rms[0] < rms[1] < rms[2]
+
+
+def test_reference_implicit_gradient_agrees_with_the_adapter():
+    spec = network((6, 5, 4), gain=0.2, feedback="random", skips=((1, 3),))
+    net = compile_topology(spec, seed=1, dtype=F64)
+    x, y = batch(spec, size=4)
+    a, b = implicit_gradient(net, x, y), reference_implicit_gradient(net, x, y)
+    assert set(a) == set(net.weights)
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-7, atol=1e-12)
+
+
+def test_predicted_factors_follow_the_strongest_feedback_path():
+    chain, _ = predicted_factors(load_topology(REPO / "topologies" / "chain_10x64.yaml"))
+    residual, basis = predicted_factors(load_topology(REPO / "topologies" / "res_10x64.yaml"))
+    assert chain["h1"] == pytest.approx(1e-9) and chain["h10"] == 1.0
+    assert basis == "strongest path"
+    # h10 -> h7 -> h4 -> h1 along skip feedback: 0.1^3 instead of the chain's 0.1^9
+    assert residual["h1"] == pytest.approx(1e-3) and residual["h2"] == pytest.approx(1e-4)
+
+
+# ---------------------------------------------------------------------------- energy, balance
+def test_energy_never_rises_under_the_sweep_and_is_stationary_at_the_fixed_point():
+    spec = loads_topology(
+        "name: b\ninput: {size: 7}\ngenerate: {family: chain, depth: 4, width: 6, gain: 0.8}\n"
+        "readout: {size: 3}\n"
+    )
+    net = compile_topology(spec, seed=2, dtype=F64)
+    x, _ = batch(spec, size=6)
+    trace = energy_trace(net, x, 60, "sweep")
+    assert trace.largest_rise <= 1e-12
+    assert trace.mean[-1] < trace.mean[0]
+    fixed = free_fixed_point(net, x)
+    from topo_ep.analysis.backends import energy_per_sample
+
+    drives = net.input_drive(x)
+    state = [s.clone().requires_grad_(True) for s in fixed.state]
+    with torch.enable_grad():
+        total = energy_per_sample(net, state, drives).sum()
+        grads = torch.autograd.grad(total, state)
+    assert max(float(g.abs().max()) for g in grads) < 1e-8
+
+
+def test_balance_report_names_what_breaks_the_energy():
+    residual = balance_report(load_topology(REPO / "topologies" / "res_10x64.yaml"))
+    agt = balance_report(load_topology(REPO / "topologies" / "agt_10x64.yaml"))
+    fre = balance_report(load_topology(REPO / "topologies" / "fre_2x512.yaml"))
+    assert fre.balanced and fre.scales["h2"] == pytest.approx(0.1)
+    assert not residual.balanced and "h4" in residual.reason
+    assert not agt.balanced and "random" in agt.reason
