@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from topo_ep.analysis.lyapunov import lyapunov_exponents
 from topo_ep.analysis.operator import operator_spectrum, with_feedback_gain
 from topo_ep.analysis.states import convergence_tolerance, free_fixed_point
 from topo_ep.analysis.tangent import step_with_tangent
+from topo_ep.cli import main
 from topo_ep.compiler import compile_topology
 from topo_ep.engine import make_schedule, step
 from topo_ep.loader import load_topology, loads_topology
@@ -340,3 +342,37 @@ def test_balance_report_names_what_breaks_the_energy():
     assert fre.balanced and fre.scales["h2"] == pytest.approx(0.1)
     assert not residual.balanced and "h4" in residual.reason
     assert not agt.balanced and "random" in agt.reason
+
+
+# ---------------------------------------------------------------------------- command line
+def _small_topology(tmp_path: Path) -> Path:
+    path = tmp_path / "small.yaml"
+    path.write_text(
+        "name: small\ninput: {size: 64}\n"
+        "generate: {family: chain, depth: 2, width: 12, gain: 0.1}\n"
+        "readout: {size: 10}\n"
+        "dynamics: {free_steps: 12, nudged_steps: 6}\n"
+        "training: {batch_size: 50}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_analyze_command_writes_report_json_and_plots(tmp_path, capsys):
+    topology = _small_topology(tmp_path)
+    out = tmp_path / "report"
+    code = main(["analyze", str(topology), "--batch", "6", "--out", str(out), "--max-steps", "200"])
+    assert code == 0, capsys.readouterr().err
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for name in ("topology", "eigenvalues", "jacobian", "residuals", "layer_signal",
+                 "edge_cosines", "energy"):  # fmt: skip
+        assert (out / f"{name}.png").is_file()
+        assert f"({name}.png)" in report
+    assert "Has an energy" in report and "locally contracting" in report
+    data = json.loads((out / "analysis.json").read_text(encoding="utf-8"))
+    assert data["batch"] == 6
+    assert data["operator"]["radius"] == pytest.approx(
+        spectral.spectral_radius(compile_topology(load_topology(topology), seed=0)), rel=1e-6
+    )
+    assert set(data["convergence"]) >= {"synchronous", "sweep"}
+    assert len(data["gradient_flow"]["edges"]) == 2

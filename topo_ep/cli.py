@@ -95,6 +95,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    from topo_ep.analysis.inputs import analysis_batch, load_network
+    from topo_ep.analysis.report import ReportContext, write_report
+    from topo_ep.analysis.run import AnalysisOptions, analyse
+
+    torch.manual_seed(args.seed)
+    loaded = load_network(args.file, args.overrides, args.checkpoint, args.dtype, args.seed)
+    dataset = args.dataset or loaded.dataset or "digits"
+    data_dir = args.data_dir or loaded.data_dir
+    x, y, described = analysis_batch(loaded.net, dataset, data_dir, args.batch)
+    schedules = tuple(args.schedule) if args.schedule else None
+    options = AnalysisOptions(schedules=schedules, convergence_steps=args.max_steps)
+    result = analyse(loaded.net, x, y, options, log=lambda line: print(f"analyse: {line}"))
+    command = "topo-ep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    context = ReportContext(loaded.source, described, command)
+    report = write_report(result, loaded.net.spec, context, args.out)
+    print(f"wrote {report} and {report.parent / 'analysis.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topo-ep",
@@ -134,6 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "analyze",
+        help="spectral radius, Jacobian, convergence, Lyapunov exponent, gradient flow, energy",
+        description="Analyse a fresh or trained network on a batch of the test split and "
+        "write OUT/report.md, OUT/analysis.json and PNG plots.",
+    )
+    p.add_argument("file")
+    _add_data_options(p)
+    p.set_defaults(dataset=None)
+    p.add_argument("--checkpoint", default=None, help="a trained checkpoint (or its run dir)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="default: the checkpoint's, else float32")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="weights of a fresh network (0)")
+    p.add_argument("--batch", type=int, default=64, help="test examples analysed (64)")
+    p.add_argument("--schedule", action="append", default=None,
+                   help="schedule to analyse (repeatable; default: every schedule)")  # fmt: skip
+    p.add_argument("--max-steps", type=int, default=1000, help="convergence step limit (1000)")
+    p.add_argument("--out", default="runs/analysis", help="output folder (runs/analysis)")
+    _add_set_option(p)
+    p.set_defaults(func=_cmd_analyze)
+
     return parser
 
 

@@ -1,0 +1,175 @@
+"""PNG plots of a :class:`~topo_ep.analysis.run.NetworkAnalysis` (matplotlib, Agg backend).
+
+Each function writes one file and returns its path:
+
+- :func:`plot_residuals`: residual r_t against step, by schedule (median and 10-90 % band);
+- :func:`plot_layer_signal`: |s^n - s^0| by layer, with the product-of-gains prediction;
+- :func:`plot_edge_cosines`: EP cosine by edge against the implicit gradient and BP, and the
+  norm ratio beside the predicted factor;
+- :func:`plot_eigenvalues`: eigenvalues of M in the complex plane;
+- :func:`plot_jacobian`: per-sample rho(J) and exp(lambda_T) by schedule;
+- :func:`plot_energy`: mean energy along the relaxation, by schedule.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from topo_ep.analysis.run import NetworkAnalysis  # noqa: E402
+
+_DPI = 110
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    target = Path(path)
+    fig.tight_layout()
+    fig.savefig(target, dpi=_DPI)
+    plt.close(fig)
+    return target
+
+
+def plot_residuals(result: NetworkAnalysis, path: str | Path) -> Path:
+    """Residual r_t against step t for each schedule, log scale, with the tolerance and T."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    tolerance = None
+    for name, conv in result.convergence.items():
+        res = np.where(conv.residuals > 0, conv.residuals, np.nan)
+        steps = np.arange(1, res.shape[0] + 1)
+        median = np.nanmedian(res, axis=1)
+        (line,) = ax.semilogy(steps, median, label=f"{name} (median)")
+        low, high = np.nanpercentile(res, 10, axis=1), np.nanpercentile(res, 90, axis=1)
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+        tolerance = conv.tolerance
+    if tolerance is not None:
+        ax.axhline(tolerance, color="grey", linestyle=":", label=f"tolerance {tolerance:.2g}")
+    ax.axvline(result.free_steps, color="black", linestyle="--", linewidth=0.8,
+               label=f"free_steps T = {result.free_steps}")  # fmt: skip
+    ax.set_xlabel("step t")
+    ax.set_ylabel("residual r_t (relative RMS)")
+    ax.set_title(f"{result.topology}: free relaxation from s = 0 ({result.batch} samples)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_layer_signal(result: NetworkAnalysis, path: str | Path) -> Path:
+    """|s^n - s^0| (RMS) by layer in feedforward order, log scale, and the predicted decay."""
+    flow = result.gradient_flow
+    assert flow is not None
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    names = [row.layer for row in flow.layers]
+    position = np.arange(len(names))
+    rms = np.array([row.rms for row in flow.layers])
+    ax.semilogy(position, rms, "o-", label=f"measured ({result.dtype})")
+    if result.gradient_flow_float64 is not None:
+        control = np.array([row.rms for row in result.gradient_flow_float64.layers])
+        ax.semilogy(position, control, "s--", label="measured (float64 control)")
+    top = next(row.rms for row in flow.layers if row.layer == flow.top)
+    factors = np.array([row.predicted_factor for row in flow.layers])
+    shown = np.where(factors > 0, factors * top, np.nan)
+    ax.semilogy(position, shown, "k:", label=f"top x product of gains ({flow.factor_basis})")
+    ax.set_xticks(position, names, rotation=45 if len(names) > 8 else 0)
+    ax.set_xlabel("hidden layer (feedforward order)")
+    ax.set_ylabel("RMS of s^n - s^0")
+    ax.set_title(f"{result.topology}: EP signal by layer (nudge {flow.nudge:g})")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_edge_cosines(result: NetworkAnalysis, path: str | Path) -> Path:
+    """Per edge: cosine of EP's estimate with the implicit gradient and BP; norm ratio."""
+    flow = result.gradient_flow
+    assert flow is not None
+    edges = [row.edge.replace(":forward", "").replace(":skip", " (skip)") for row in flow.edges]
+    position = np.arange(len(edges))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.4, 0.5 * len(edges)), 6.4), sharex=True)
+    width = 0.27
+    top.bar(position - width, [r.cos_implicit for r in flow.edges], width,
+            label=f"EP vs implicit ({result.dtype})")  # fmt: skip
+    if result.gradient_flow_float64 is not None:
+        top.bar(position, [r.cos_implicit for r in result.gradient_flow_float64.edges], width,
+                label="EP vs implicit (float64 control)")  # fmt: skip
+    top.bar(position + width, [r.cos_bp for r in flow.edges], width, label="EP vs feedforward BP")
+    top.axhline(1.0, color="grey", linewidth=0.6)
+    shown = [r.cos_implicit for r in flow.edges] + [r.cos_bp for r in flow.edges]
+    if result.gradient_flow_float64 is not None:
+        shown += [r.cos_implicit for r in result.gradient_flow_float64.edges]
+    finite = [c for c in shown if np.isfinite(c)]
+    lowest = min(finite) if finite else 0.0
+    # Zoom in when every cosine is close to 1, so the differences are visible.
+    floor = max(-1.05, lowest - 0.15 * (1.0 - lowest) - 1e-3)
+    if floor < 0:
+        top.axhline(0.0, color="black", linewidth=0.6)
+    top.set_ylim(floor, 1.0 + 0.05 * (1.0 - floor))
+    top.set_ylabel("cosine")
+    top.legend(fontsize=7, loc="lower left")
+    top.set_title(f"{result.topology}: EP gradient estimate by edge")
+    ratio = np.array([r.norm_ratio for r in flow.edges], dtype=float)
+    factor = np.array([r.predicted_factor for r in flow.edges], dtype=float)
+    bottom.semilogy(position, ratio, "o", label="||EP|| / ||implicit||")
+    bottom.semilogy(position, np.where(factor > 0, factor, np.nan), "k_", markersize=14,
+                    label=f"predicted factor ({flow.factor_basis})")  # fmt: skip
+    bottom.set_ylabel("norm ratio")
+    bottom.legend(fontsize=7)
+    bottom.set_xticks(position, edges, rotation=60, ha="right", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_eigenvalues(result: NetworkAnalysis, path: str | Path) -> Path:
+    """Eigenvalues of M in the complex plane with the unit circle and the spectral radius."""
+    op = result.operator
+    assert op is not None
+    fig, ax = plt.subplots(figsize=(5.0, 5.0))
+    ax.scatter(op.eigenvalues.real, op.eigenvalues.imag, s=8, alpha=0.7)
+    angle = np.linspace(0, 2 * np.pi, 400)
+    ax.plot(np.cos(angle), np.sin(angle), color="grey", linewidth=0.8, label="unit circle")
+    ax.plot(op.radius * np.cos(angle), op.radius * np.sin(angle), "r--", linewidth=0.8,
+            label=f"rho(M) = {op.radius:.4g}")  # fmt: skip
+    limit = 1.1 * max(1.0, op.radius)
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(-limit, limit)
+    ax.set_aspect("equal")
+    ax.set_xlabel("Re lambda")
+    ax.set_ylabel("Im lambda")
+    which = "all" if op.method == "exact" else f"{len(op.eigenvalues)} largest (ARPACK)"
+    ax.set_title(f"eigenvalues of M ({which}, N = {op.size})", fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")
+    return _save(fig, path)
+
+
+def plot_jacobian(result: NetworkAnalysis, path: str | Path) -> Path:
+    """Per-sample rho(J) at the free fixed point and exp(lambda_T), by schedule."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    names = list(result.jacobian)
+    for i, name in enumerate(names):
+        radii = result.jacobian[name].radii
+        ax.scatter(np.full(radii.shape, i - 0.1), radii, s=10, alpha=0.6,
+                   label="rho(J) at fixed point" if i == 0 else None)  # fmt: skip
+        if name in result.lyapunov:
+            growth = np.exp(result.lyapunov[name].exponents)
+            ax.scatter(np.full(growth.shape, i + 0.1), growth, s=10, alpha=0.6, marker="x",
+                       color="tab:red", label="exp(lambda_T)" if i == 0 else None)  # fmt: skip
+    ax.axhline(1.0, color="grey", linestyle=":")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yscale("log")
+    ax.set_ylabel("contraction per step")
+    ax.set_title(f"{result.topology}: local contraction (rho(J)) and Lyapunov growth")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_energy(result: NetworkAnalysis, path: str | Path) -> Path:
+    """Batch-mean energy E(s_t) along the free relaxation, by schedule."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for name, trace in result.energy.items():
+        ax.plot(np.arange(trace.energies.shape[0]), trace.mean, label=name)
+    ax.set_xlabel("step t")
+    ax.set_ylabel("mean E(s_t)")
+    ax.set_title(f"{result.topology}: energy along the free relaxation")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
