@@ -35,10 +35,12 @@ from topo_ep.analysis.jacobian import jacobian_radii, jacobian_radius_at
 from topo_ep.analysis.lyapunov import lyapunov_exponents
 from topo_ep.analysis.operator import operator_spectrum, with_feedback_gain
 from topo_ep.analysis.states import convergence_tolerance, free_fixed_point
+from topo_ep.analysis.sweep import parse_set_values
 from topo_ep.analysis.tangent import step_with_tangent
 from topo_ep.cli import main
 from topo_ep.compiler import compile_topology
 from topo_ep.engine import make_schedule, step
+from topo_ep.errors import TopoEpError
 from topo_ep.loader import load_topology, loads_topology
 from topo_ep.spec import TopologySpec
 from topo_ep.validate import spec_from_dict
@@ -345,6 +347,14 @@ def test_balance_report_names_what_breaks_the_energy():
 
 
 # ---------------------------------------------------------------------------- command line
+def test_parse_set_values():
+    assert parse_set_values("feedback_gain=0.01, 0.1,1") == ("feedback_gain", ("0.01", "0.1", "1"))
+    with pytest.raises(TopoEpError):
+        parse_set_values("feedback_gain")
+    with pytest.raises(TopoEpError):
+        parse_set_values("feedback_gain=")
+
+
 def _small_topology(tmp_path: Path) -> Path:
     path = tmp_path / "small.yaml"
     path.write_text(
@@ -376,3 +386,23 @@ def test_analyze_command_writes_report_json_and_plots(tmp_path, capsys):
     )
     assert set(data["convergence"]) >= {"synchronous", "sweep"}
     assert len(data["gradient_flow"]["edges"]) == 2
+
+
+def test_sweep_command_writes_table_and_plots_and_resumes(tmp_path, capsys):
+    topology = _small_topology(tmp_path)
+    out = tmp_path / "sweep"
+    argv = ["sweep", str(topology), "--set-values", "feedback_gain=0.05,0.5", "--seeds", "2",
+            "--train-epochs", "1", "--limit", "100", "--batch", "4", "--out", str(out),
+            "--max-steps", "200"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    lines = (out / "sweep.csv").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1 + 4
+    header = lines[0].split(",")
+    assert {"value", "seed", "spectral_radius", "test_acc", "lyapunov_mean"} <= set(header)
+    table = (out / "sweep.md").read_text(encoding="utf-8")
+    assert "| feedback_gain |" in table and "[" in table
+    for name in ("spectral_radius", "test_acc", "convergence_median"):
+        assert (out / f"{name}.png").is_file()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("reused") == 4

@@ -119,6 +119,42 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    from topo_ep.analysis.sweep import (
+        SweepSettings,
+        parse_set_values,
+        plot_quantities,
+        run_sweep,
+        write_tables,
+    )
+
+    path, values = parse_set_values(args.set_values)
+    settings = SweepSettings(
+        file=args.file,
+        path=path,
+        values=values,
+        overrides=tuple(args.overrides),
+        seeds=args.seeds,
+        train_epochs=args.train_epochs,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        dtype=args.dtype,
+        batch=args.batch,
+        schedule=args.schedule,
+        convergence_steps=args.max_steps,
+        out=args.out,
+    )
+    rows = run_sweep(settings)
+    command = "topo-ep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    csv_path, md_path = write_tables(rows, settings, command)
+    plot_quantities(rows, settings)
+    print(f"wrote {md_path}, {csv_path} and one PNG per quantity in {settings.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topo-ep",
@@ -180,6 +216,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_option(p)
     p.set_defaults(func=_cmd_analyze)
 
+    p = sub.add_parser(
+        "sweep",
+        help="the analysis (and a short training) over a grid of one --set parameter",
+        description="For each value of PATH (e.g. feedback_gain) and each seed: load with "
+        "--set PATH=V, optionally train, analyse; write OUT/sweep.csv, OUT/sweep.md and one "
+        "PNG per quantity with the seed spread. Interrupted sweeps resume.",
+    )
+    p.add_argument("file")
+    p.add_argument("--set-values", required=True, metavar="PATH=V1,V2,...",
+                   help="the grid, e.g. feedback_gain=0.01,0.1,1")  # fmt: skip
+    _add_data_options(p)
+    p.add_argument("--train-epochs", type=int, default=0, help="epochs per point (0: none)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 per value (1)")
+    p.add_argument("--limit", type=int, default=None, help="use at most N training examples")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--batch", type=int, default=64, help="test examples analysed (64)")
+    p.add_argument("--schedule", default=None, help="schedule analysed (the topology's)")
+    p.add_argument("--max-steps", type=int, default=1000, help="convergence step limit (1000)")
+    p.add_argument("--out", default="runs/sweep", help="output folder (runs/sweep)")
+    _add_set_option(p)
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 
