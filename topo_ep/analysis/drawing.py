@@ -11,15 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
+import networkx as nx
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from topo_ep.graph import READOUT, feedforward_order, to_graph  # noqa: E402
-from topo_ep.spec import INPUT, TopologySpec  # noqa: E402
+from topo_ep.graph import READOUT, feedforward_order, to_graph
+from topo_ep.spec import INPUT, TopologySpec
 
 #: Drawing style per edge class: (colour, line style, arc radius).
 STYLES = {
@@ -49,7 +46,8 @@ def draw_topology(spec: TopologySpec, path: str | Path) -> Path:
     order = [INPUT, *feedforward_order(spec), READOUT]
     position = {name: (float(i), 0.0) for i, name in enumerate(order)}
     width = max(6.0, 1.1 * len(order))
-    fig, ax = plt.subplots(figsize=(width, 3.6))
+    fig = Figure(figsize=(width, 3.6))
+    ax = fig.subplots()
     labels = {INPUT: f"input\n{spec.input.size}", READOUT: f"readout\n{spec.readout.size}"}
     for layer in spec.layers:
         labels[layer.name] = f"{layer.name}\n{layer.size}"
@@ -82,13 +80,18 @@ def draw_topology(spec: TopologySpec, path: str | Path) -> Path:
         )
         for n, g in gains.items()
     ]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, fontsize=8,
-              frameon=False)  # fmt: skip
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.02),
+        ncol=2,
+        fontsize=8,
+        frameon=False,
+    )
     ax.set_title(f"{spec.name}: layer graph", fontsize=10)
     ax.set_axis_off()
     ax.margins(x=0.05, y=0.6)
     fig.tight_layout()
     target_path = Path(path)
     fig.savefig(target_path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return target_path

@@ -20,8 +20,10 @@ close to it (DESIGN: 0.1000 and 1.0000 on a 2-layer chain at gain 0.1).
 - Balanced topologies: c_top^2 / c_j^2 with c the energy scales (exact theory for the
   symmetric contrast rule; for a chain, the product of the feedback gains between j and the
   top layer).
-- Others: the largest product of feedback gains along any feedback path from the top layer
-  down to j (the strongest route; skips shorten it).
+- Others: the largest product of gains along any path of hidden-to-hidden edges from the top
+  layer to j (the strongest route: feedback edges carry the signal down, forward and skip
+  edges, gain 1, carry it up again; skips shorten it). When some cycle has a gain product
+  above 1 no attenuation is predicted (factor 1).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from topo_ep.errors import DivergenceError
 from topo_ep.graph import energy_scales
 from topo_ep.learn.bp import feedforward_state
 from topo_ep.learn.ep import EquilibriumPropagation
-from topo_ep.spec import TopologySpec
+from topo_ep.spec import INPUT, TopologySpec
 
 
 @dataclass(frozen=True)
@@ -144,14 +146,17 @@ def predicted_factors(spec: TopologySpec) -> tuple[dict[str, float], str]:
     graph = nx.DiGraph()
     graph.add_nodes_from(spec.layer_names)
     for edge in spec.edges:
-        if edge.kind != "feedback" or edge.gain <= 0:
+        if edge.source == INPUT or edge.gain <= 0:
             continue
         weight = -math.log(edge.gain)
         if graph.has_edge(edge.source, edge.target):
             weight = min(weight, graph[edge.source][edge.target]["weight"])
         graph.add_edge(edge.source, edge.target, weight=weight)
-    # Gains above 1 give negative weights; Bellman-Ford handles them (no feedback cycles).
-    lengths = nx.single_source_bellman_ford_path_length(graph, top, weight="weight")
+    try:
+        lengths = nx.single_source_bellman_ford_path_length(graph, top, weight="weight")
+    except nx.NetworkXUnbounded:  # a cycle with gain product > 1
+        reach = nx.descendants(graph, top) | {top}
+        return {name: float(name in reach) for name in spec.layer_names}, "strongest path"
     return {
         name: math.exp(-lengths[name]) if name in lengths else 0.0 for name in spec.layer_names
     }, "strongest path"

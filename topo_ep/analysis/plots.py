@@ -1,4 +1,4 @@
-"""PNG plots of a :class:`~topo_ep.analysis.run.NetworkAnalysis` (matplotlib, Agg backend).
+"""PNG plots of a :class:`~topo_ep.analysis.run.NetworkAnalysis` (matplotlib, no pyplot).
 
 Each function writes one file and returns its path:
 
@@ -15,28 +15,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from topo_ep.analysis.run import NetworkAnalysis  # noqa: E402
+from topo_ep.analysis.run import NetworkAnalysis
 
 _DPI = 110
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     target = Path(path)
     fig.tight_layout()
     fig.savefig(target, dpi=_DPI)
-    plt.close(fig)
     return target
 
 
 def plot_residuals(result: NetworkAnalysis, path: str | Path) -> Path:
     """Residual r_t against step t for each schedule, log scale, with the tolerance and T."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
     tolerance = None
     for name, conv in result.convergence.items():
         res = np.where(conv.residuals > 0, conv.residuals, np.nan)
@@ -48,8 +45,13 @@ def plot_residuals(result: NetworkAnalysis, path: str | Path) -> Path:
         tolerance = conv.tolerance
     if tolerance is not None:
         ax.axhline(tolerance, color="grey", linestyle=":", label=f"tolerance {tolerance:.2g}")
-    ax.axvline(result.free_steps, color="black", linestyle="--", linewidth=0.8,
-               label=f"free_steps T = {result.free_steps}")  # fmt: skip
+    ax.axvline(
+        result.free_steps,
+        color="black",
+        linestyle="--",
+        linewidth=0.8,
+        label=f"free_steps T = {result.free_steps}",
+    )
     ax.set_xlabel("step t")
     ax.set_ylabel("residual r_t (relative RMS)")
     ax.set_title(f"{result.topology}: free relaxation from s = 0 ({result.batch} samples)")
@@ -61,7 +63,8 @@ def plot_layer_signal(result: NetworkAnalysis, path: str | Path) -> Path:
     """|s^n - s^0| (RMS) by layer in feedforward order, log scale, and the predicted decay."""
     flow = result.gradient_flow
     assert flow is not None
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
     names = [row.layer for row in flow.layers]
     position = np.arange(len(names))
     rms = np.array([row.rms for row in flow.layers])
@@ -87,13 +90,22 @@ def plot_edge_cosines(result: NetworkAnalysis, path: str | Path) -> Path:
     assert flow is not None
     edges = [row.edge.replace(":forward", "").replace(":skip", " (skip)") for row in flow.edges]
     position = np.arange(len(edges))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.4, 0.5 * len(edges)), 6.4), sharex=True)
+    fig = Figure(figsize=(max(6.4, 0.5 * len(edges)), 6.4))
+    top, bottom = fig.subplots(2, 1, sharex=True)
     width = 0.27
-    top.bar(position - width, [r.cos_implicit for r in flow.edges], width,
-            label=f"EP vs implicit ({result.dtype})")  # fmt: skip
+    top.bar(
+        position - width,
+        [r.cos_implicit for r in flow.edges],
+        width,
+        label=f"EP vs implicit ({result.dtype})",
+    )
     if result.gradient_flow_float64 is not None:
-        top.bar(position, [r.cos_implicit for r in result.gradient_flow_float64.edges], width,
-                label="EP vs implicit (float64 control)")  # fmt: skip
+        top.bar(
+            position,
+            [r.cos_implicit for r in result.gradient_flow_float64.edges],
+            width,
+            label="EP vs implicit (float64 control)",
+        )
     top.bar(position + width, [r.cos_bp for r in flow.edges], width, label="EP vs feedforward BP")
     top.axhline(1.0, color="grey", linewidth=0.6)
     shown = [r.cos_implicit for r in flow.edges] + [r.cos_bp for r in flow.edges]
@@ -112,8 +124,13 @@ def plot_edge_cosines(result: NetworkAnalysis, path: str | Path) -> Path:
     ratio = np.array([r.norm_ratio for r in flow.edges], dtype=float)
     factor = np.array([r.predicted_factor for r in flow.edges], dtype=float)
     bottom.semilogy(position, ratio, "o", label="||EP|| / ||implicit||")
-    bottom.semilogy(position, np.where(factor > 0, factor, np.nan), "k_", markersize=14,
-                    label=f"predicted factor ({flow.factor_basis})")  # fmt: skip
+    bottom.semilogy(
+        position,
+        np.where(factor > 0, factor, np.nan),
+        "k_",
+        markersize=14,
+        label=f"predicted factor ({flow.factor_basis})",
+    )
     bottom.set_ylabel("norm ratio")
     bottom.legend(fontsize=7)
     bottom.set_xticks(position, edges, rotation=60, ha="right", fontsize=7)
@@ -124,13 +141,20 @@ def plot_eigenvalues(result: NetworkAnalysis, path: str | Path) -> Path:
     """Eigenvalues of M in the complex plane with the unit circle and the spectral radius."""
     op = result.operator
     assert op is not None
-    fig, ax = plt.subplots(figsize=(5.0, 5.0))
+    fig = Figure(figsize=(5.0, 5.0))
+    ax = fig.subplots()
     ax.scatter(op.eigenvalues.real, op.eigenvalues.imag, s=8, alpha=0.7)
     angle = np.linspace(0, 2 * np.pi, 400)
     ax.plot(np.cos(angle), np.sin(angle), color="grey", linewidth=0.8, label="unit circle")
-    ax.plot(op.radius * np.cos(angle), op.radius * np.sin(angle), "r--", linewidth=0.8,
-            label=f"rho(M) = {op.radius:.4g}")  # fmt: skip
-    limit = 1.1 * max(1.0, op.radius)
+    ax.plot(
+        op.radius * np.cos(angle),
+        op.radius * np.sin(angle),
+        "r--",
+        linewidth=0.8,
+        label=f"rho(M) = {op.radius:.4g}",
+    )
+    # Zoom in on small spectra (the unit circle then lies outside the frame).
+    limit = 1.15 * (max(1.0, op.radius) if op.radius > 0.5 else max(op.radius, 1e-12))
     ax.set_xlim(-limit, limit)
     ax.set_ylim(-limit, limit)
     ax.set_aspect("equal")
@@ -144,16 +168,29 @@ def plot_eigenvalues(result: NetworkAnalysis, path: str | Path) -> Path:
 
 def plot_jacobian(result: NetworkAnalysis, path: str | Path) -> Path:
     """Per-sample rho(J) at the free fixed point and exp(lambda_T), by schedule."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
     names = list(result.jacobian)
     for i, name in enumerate(names):
         radii = result.jacobian[name].radii
-        ax.scatter(np.full(radii.shape, i - 0.1), radii, s=10, alpha=0.6,
-                   label="rho(J) at fixed point" if i == 0 else None)  # fmt: skip
+        ax.scatter(
+            np.full(radii.shape, i - 0.1),
+            radii,
+            s=10,
+            alpha=0.6,
+            label="rho(J) at fixed point" if i == 0 else None,
+        )
         if name in result.lyapunov:
             growth = np.exp(result.lyapunov[name].exponents)
-            ax.scatter(np.full(growth.shape, i + 0.1), growth, s=10, alpha=0.6, marker="x",
-                       color="tab:red", label="exp(lambda_T)" if i == 0 else None)  # fmt: skip
+            ax.scatter(
+                np.full(growth.shape, i + 0.1),
+                growth,
+                s=10,
+                alpha=0.6,
+                marker="x",
+                color="tab:red",
+                label="exp(lambda_T)" if i == 0 else None,
+            )
     ax.axhline(1.0, color="grey", linestyle=":")
     ax.set_xticks(range(len(names)), names)
     ax.set_yscale("log")
@@ -165,7 +202,8 @@ def plot_jacobian(result: NetworkAnalysis, path: str | Path) -> Path:
 
 def plot_energy(result: NetworkAnalysis, path: str | Path) -> Path:
     """Batch-mean energy E(s_t) along the free relaxation, by schedule."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig = Figure(figsize=(6.4, 3.8))
+    ax = fig.subplots()
     for name, trace in result.energy.items():
         ax.plot(np.arange(trace.energies.shape[0]), trace.mean, label=name)
     ax.set_xlabel("step t")

@@ -64,10 +64,16 @@ def _operator_lines(result: NetworkAnalysis) -> list[str]:
             f"sqrt(gain) x rho(M at gain 1) = sqrt({g:g}) x {_f(op.radius_at_unit_gain)} = "
             f"{_f(prediction)} (relative difference {rel:.2g}; {exact})."
         )
-    if op.radius < 1:
+    if op.radius < 1 and op.balanced:
         verdict = (
-            "rho(M) < 1: the coupling alone contracts (for a 1-Lipschitz activation this bounds "
-            "the Jacobian at any state), so the relaxation settles."
+            "rho(M) < 1 and M is symmetrisable (u = C s): in the norm ||C s|| the update map "
+            "is a contraction for any activation with 0 <= rho' <= 1, so the relaxation "
+            "converges from any start (a global statement)."
+        )
+    elif op.radius < 1:
+        verdict = (
+            "rho(M) < 1, but M is not symmetrisable, so this alone bounds neither the Jacobian "
+            "nor the transient growth; the Jacobian and Lyapunov sections decide."
         )
     else:
         verdict = (
@@ -83,9 +89,10 @@ def _jacobian_lines(result: NetworkAnalysis) -> list[str]:
         return []
     fp = result.fixed_point or {}
     lines = ["## Jacobian at the free fixed point", ""]
+    state = "converged" if fp.get("converged") else "NOT converged"
     lines.append(
         f"Free fixed point s* of each sample: reached in {fp.get('steps')} sweep steps, residual "
-        f"{_f(fp.get('residual', float('nan')), 3)} ({'converged' if fp.get('converged') else 'NOT converged'})."  # noqa: E501
+        f"{_f(fp.get('residual', float('nan')), 3)} ({state})."
     )
     lines += [
         "J = diag(rho'(h*)) M for the synchronous map (the composed group maps for grouped "
@@ -220,9 +227,9 @@ def _flow_tables(flow: GradientFlow, control: GradientFlow | None, dtype: str) -
     ]
     ctrl_edges = {row.edge: row for row in control.edges} if control else {}
     for row in flow.edges:
-        other = _f(ctrl_edges[row.edge].cos_implicit) if row.edge in ctrl_edges else "-"
+        other = _f(ctrl_edges[row.edge].cos_implicit, 6) if row.edge in ctrl_edges else "-"
         lines.append(
-            f"| {row.edge} | {_f(row.cos_implicit)} | {other} | {_f(row.cos_bp)} | "
+            f"| {row.edge} | {_f(row.cos_implicit, 6)} | {other} | {_f(row.cos_bp, 6)} | "
             f"{_f(row.norm_ratio, 3)} | {_f(row.predicted_factor, 3)} |"
         )
     return lines
@@ -234,9 +241,10 @@ def _flow_lines(result: NetworkAnalysis) -> list[str]:
         return []
     control = result.gradient_flow_float64
     lines = ["## Gradient flow", ""]
+    phase = "converged" if flow.free_converged else "fixed step count"
     lines.append(
         f"EP as configured: {flow.nudging} nudging, rule {flow.rule}, nudge {flow.nudge:g}, "
-        f"free phase {flow.free_steps} steps ({'converged' if flow.free_converged else 'fixed step count'}). "  # noqa: E501
+        f"free phase {flow.free_steps} steps ({phase}). "
         "EP's estimate -dW / (nudge batch) is compared with the implicit gradient of the "
         "recurrent net at its free fixed point and with feedforward BP (feedback removed). The "
         "predicted factor is the product of gains from the top layer to the edge's target."
@@ -260,11 +268,11 @@ def _flow_lines(result: NetworkAnalysis) -> list[str]:
         ccos = [r.cos_implicit for r in control.edges if math.isfinite(r.cos_implicit)]
         if ccos and cos and min(ccos) - min(cos) > 0.05:
             parts.append(
-                f"in float64 the worst cosine is {min(ccos):.3f}: {result.dtype} rounding, not "
+                f"in float64 the worst cosine is {min(ccos):.5f}: {result.dtype} rounding, not "
                 "EP, loses the signal on the lowest edges"
             )
         elif ccos:
-            parts.append(f"float64 gives the same picture (worst cosine {min(ccos):.3f})")
+            parts.append(f"float64 gives the same picture (worst cosine {min(ccos):.5f})")
     lines += [
         f"*Interpretation:* {'; '.join(parts)}.",
         "",

@@ -29,21 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from topo_ep.analysis.gradient_flow import summary  # noqa: E402
-from topo_ep.analysis.inputs import analysis_batch  # noqa: E402
-from topo_ep.analysis.run import AnalysisOptions, analyse  # noqa: E402
-from topo_ep.compiler import CompiledNetwork, compile_topology  # noqa: E402
-from topo_ep.data import check_compatible, load_dataset  # noqa: E402
-from topo_ep.errors import TopoEpError  # noqa: E402
-from topo_ep.loader import load_topology  # noqa: E402
-from topo_ep.train import DTYPES, RunSettings, Trainer  # noqa: E402
+from topo_ep.analysis.gradient_flow import summary
+from topo_ep.analysis.inputs import analysis_batch
+from topo_ep.analysis.run import AnalysisOptions, analyse
+from topo_ep.compiler import CompiledNetwork, compile_topology
+from topo_ep.data import check_compatible, load_dataset
+from topo_ep.errors import TopoEpError
+from topo_ep.loader import load_topology
+from topo_ep.train import DTYPES, RunSettings, Trainer
 
 #: Quantities of every row, in table order, with a label for tables and plots.
 QUANTITIES = {
@@ -89,7 +86,9 @@ class SweepSettings:
     convergence_steps
         Step limit of the convergence-time measurement.
     out
-        Output folder.
+        Output folder of the tables and plots.
+    runs_dir
+        Folder of the per-point training runs and rows (default ``OUT/runs``).
     """
 
     file: str
@@ -107,6 +106,12 @@ class SweepSettings:
     method: str = "ep"
     convergence_steps: int = 1000
     out: str = "runs/sweep"
+    runs_dir: str | None = None
+
+    def point_dir(self, value: str, seed: int) -> Path:
+        """The run folder of one (value, seed) point."""
+        root = Path(self.runs_dir) if self.runs_dir else Path(self.out) / "runs"
+        return root / _tag(self.path, value, seed)
 
 
 def parse_set_values(text: str) -> tuple[str, tuple[str, ...]]:
@@ -175,7 +180,7 @@ def run_point(
     overrides = [*settings.overrides, f"{settings.path}={value}"]
     spec = load_topology(settings.file, overrides=overrides)
     schedule = settings.schedule or spec.dynamics.schedule
-    run_dir = Path(settings.out) / "runs" / _tag(settings.path, value, seed)
+    run_dir = settings.point_dir(value, seed)
     row: dict[str, Any] = {"value": value, "seed": seed, "schedule": schedule}
     if settings.train_epochs > 0:
         data = load_dataset(settings.dataset, settings.data_dir, seed=seed, limit=settings.limit)
@@ -214,7 +219,7 @@ def run_sweep(settings: SweepSettings, log: Callable[[str], None] = print) -> li
     rows = []
     for value in settings.values:
         for seed in range(settings.seeds):
-            run_dir = Path(settings.out) / "runs" / _tag(settings.path, value, seed)
+            run_dir = settings.point_dir(value, seed)
             stored = run_dir / "row.json"
             if stored.is_file():
                 row = json.loads(stored.read_text(encoding="utf-8"))
@@ -331,7 +336,8 @@ def plot_quantities(rows: Sequence[dict[str, Any]], settings: SweepSettings) -> 
     log_x = is_numeric and min(numeric) > 0 and max(numeric) / min(numeric) > 20
     paths = []
     for key in _columns(rows):
-        fig, ax = plt.subplots(figsize=(5.6, 3.8))
+        fig = Figure(figsize=(5.6, 3.8))
+        ax = fig.subplots()
         stats = aggregate(rows, settings.values)
         mean = np.array([e[key][0] for e in stats])
         low = np.array([e[key][1] for e in stats])
@@ -357,6 +363,5 @@ def plot_quantities(rows: Sequence[dict[str, Any]], settings: SweepSettings) -> 
         fig.tight_layout()
         path = out / f"{key}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths.append(path)
     return paths
