@@ -42,6 +42,14 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     spec = load_topology(args.file, overrides=args.overrides)
     net = compile_topology(spec, seed=args.seed)
     print(net.describe())
+    from topo_ep.graph import analyse_balance
+
+    balance = analyse_balance(spec)
+    if balance.balanced and balance.scales is not None:
+        scales = ", ".join(f"{name} {value:.4g}" for name, value in balance.scales.items())
+        print(f"energy: yes; {balance.reason.removeprefix('balanced: ')}; scales c_k: {scales}")
+    else:
+        print(f"energy: none; {balance.reason.removeprefix('no energy: ')}")
     return 0
 
 
