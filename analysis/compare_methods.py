@@ -1,0 +1,110 @@
+"""Train one topology with EP and BP over several seeds and tabulate the results.
+
+Example (the paper's Table 1 net on MNIST, 10 epochs, 2 seeds)::
+
+    python analysis/compare_methods.py topologies/fre_2x512.yaml --dataset mnist \
+        --data-dir ../shared/data/mnist --epochs 10 --seeds 0 1 --out analysis/reports/fre_2x512
+
+Each (method, seed) run is an ordinary ``topo-ep train`` run under ``OUT/<method>_s<seed>``; an
+existing finished run is reused and an interrupted one resumes from its checkpoint. The report
+``OUT/report.md`` (and ``OUT/summary.json``) gives the final-epoch test accuracy, the test
+accuracy at the best validation epoch, the best test accuracy of any epoch (reported only
+because the paper's numbers are best-of-epochs) and the seconds per training epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+
+def read_metrics(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def run_one(args: argparse.Namespace, method: str, seed: int, out: Path) -> list[dict]:
+    metrics = read_metrics(out)
+    if len(metrics) >= args.epochs:
+        return metrics[: args.epochs]
+    command = [
+        sys.executable, "-m", "topo_ep", "train", args.topology,
+        "--dataset", args.dataset, "--method", method, "--seed", str(seed),
+        "--epochs", str(args.epochs), "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    if (out / "checkpoint.pt").is_file():
+        command.append("--resume")
+    for override in args.set:
+        command += ["--set", override]
+    subprocess.run(command, check=True)
+    return read_metrics(out)
+
+
+def summarise(metrics: list[dict]) -> dict:
+    best_val = max(metrics, key=lambda m: m["val_acc"])
+    return {
+        "final_test_acc": metrics[-1]["test_acc"],
+        "test_acc_at_best_val": best_val["test_acc"],
+        "best_test_acc_any_epoch": max(m["test_acc"] for m in metrics),
+        "seconds_per_epoch": statistics.median(m["seconds"] for m in metrics),
+        "epochs": len(metrics),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("topology")
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--methods", nargs="+", default=["ep", "bp"])
+    parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows = []
+    for seed in args.seeds:
+        for method in args.methods:
+            metrics = run_one(args, method, seed, out / f"{method}_s{seed}")
+            rows.append({"method": method, "seed": seed, **summarise(metrics)})
+    lines = [
+        f"# {Path(args.topology).stem} on {args.dataset}: EP against BP",
+        "",
+        f"Command: `python analysis/compare_methods.py {' '.join(sys.argv[1:])}`",
+        "",
+        "| method | seed | final test acc | test acc at best val epoch | best test acc (any "
+        "epoch) | s / epoch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['method']} | {row['seed']} | {100 * row['final_test_acc']:.2f} | "
+            f"{100 * row['test_acc_at_best_val']:.2f} | "
+            f"{100 * row['best_test_acc_any_epoch']:.2f} | {row['seconds_per_epoch']:.1f} |"
+        )
+    for method in args.methods:
+        mine = [r for r in rows if r["method"] == method]
+        final = statistics.mean(r["final_test_acc"] for r in mine)
+        best = statistics.mean(r["best_test_acc_any_epoch"] for r in mine)
+        secs = statistics.median(r["seconds_per_epoch"] for r in mine)
+        lines.append(
+            f"| **{method} mean** | {len(mine)} seeds | {100 * final:.2f} | | {100 * best:.2f} | "
+            f"{secs:.1f} |"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
