@@ -439,3 +439,23 @@ def test_sweep_command_writes_table_and_plots_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("reused") == 4
+
+
+def test_gradient_flow_is_tracked_over_epochs_and_survives_a_resume(tmp_path):
+    from topo_ep.analysis.tracking import read_flow, train_with_flow
+    from topo_ep.data import load_dataset
+    from topo_ep.train import RunSettings, Trainer
+
+    spec = load_topology(_small_topology(tmp_path))
+    data = load_dataset("digits", limit=100)
+    x, y = data.test.x[:4], data.test.y[:4]
+    run = tmp_path / "run"
+    settings = RunSettings(epochs=1, device="cpu", limit=100)
+    metrics, flows = train_with_flow(Trainer(spec, data, settings, run, progress=False), x, y)
+    assert [r["epoch"] for r in flows] == [0, 1] and len(metrics) == 1
+    trainer = Trainer(spec, data, RunSettings(epochs=2, device="cpu", limit=100), run, False)
+    trainer.resume(run)
+    metrics, flows = train_with_flow(trainer, x, y)
+    assert [r["epoch"] for r in flows] == [0, 1, 2] and len(metrics) == 2
+    assert read_flow(run) == flows
+    assert all(len(r["layers"]) == 2 and len(r["edges"]) == 2 for r in flows)

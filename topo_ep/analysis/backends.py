@@ -112,7 +112,7 @@ def energy_per_sample(
 ) -> Tensor:
     """E(s) of each sample (module docstring), shape (batch,).
 
-    Uses :func:`topo_ep.energy.energy` when present, else :func:`reference_energy`.
+    Uses :class:`topo_ep.energy.Energy` when present, else :func:`reference_energy`.
 
     Raises
     ------
@@ -120,8 +120,8 @@ def energy_per_sample(
         When the topology is not balanced (no energy exists).
     """
     module = _optional("topo_ep.energy")
-    if module is not None and hasattr(module, "energy_per_sample"):
-        return module.energy_per_sample(net, list(state), list(drives))
+    if module is not None and hasattr(module, "Energy"):
+        return module.Energy(net)(list(state), list(drives))
     return reference_energy(net, state, drives)
 
 

@@ -43,7 +43,23 @@ def _tied_partner_gain(spec: TopologySpec, source: str, target: str) -> float | 
 
 
 def balance_report(spec: TopologySpec) -> BalanceReport:
-    """Say whether ``spec`` has an energy, and name the first edge that breaks it."""
+    """Say whether ``spec`` has an energy, and name the first edge that breaks it.
+
+    Uses :func:`topo_ep.graph.analyse_balance` when the installed graph module has it (it names
+    the breaking cycle), else :func:`reference_balance_report`.
+    """
+    from topo_ep import graph
+
+    analyse = getattr(graph, "analyse_balance", None)
+    if analyse is None:
+        return reference_balance_report(spec)
+    balance = analyse(spec)
+    scales = dict(balance.scales) if balance.scales is not None else None
+    return BalanceReport(bool(balance.balanced), balance.reason.rstrip("."), scales)
+
+
+def reference_balance_report(spec: TopologySpec) -> BalanceReport:
+    """:func:`balance_report` from :func:`topo_ep.graph.energy_scales` alone."""
     scales = energy_scales(spec)
     if scales is not None:
         return BalanceReport(

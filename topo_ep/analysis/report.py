@@ -262,7 +262,7 @@ def _flow_lines(result: NetworkAnalysis) -> list[str]:
     ]
     if cos:
         parts.append(
-            f"EP's cosine with the implicit gradient ranges {min(cos):.3f}..{max(cos):.3f}"
+            f"EP's cosine with the implicit gradient ranges {min(cos):.5f}..{max(cos):.5f}"
         )
     if control is not None:
         ccos = [r.cos_implicit for r in control.edges if math.isfinite(r.cos_implicit)]
