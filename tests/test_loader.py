@@ -387,3 +387,10 @@ def test_invalid_override_value_points_at_set() -> None:
 def test_feedback_gain_without_feedback_edges_is_an_error() -> None:
     text = SMALL.replace("  - {source: h2, target: h1, kind: feedback, gain: 0.1}\n", "")
     assert _error(text, ("feedback_gain=0.1",)).kind == "override"
+
+
+@pytest.mark.parametrize("text", ["0 \x85", "a\x85b\u2028c", "x\ny ", " lead\r\n", "tab\there"])
+def test_strings_with_yaml_line_breaks_round_trip(text):
+    spec = loads_topology((TOPOLOGIES / "quickstart.yaml").read_text("utf-8"))
+    changed = dataclasses.replace(spec, name=text, description=text)
+    assert loads_topology(dump_topology(changed)) == changed

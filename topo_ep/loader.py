@@ -176,6 +176,18 @@ def _represent_flow(dumper: yaml.SafeDumper, data: _Flow) -> Any:
 
 _Dumper.add_representer(_Flow, _represent_flow)
 
+#: Characters YAML treats as line breaks inside plain or single-quoted scalars.
+_YAML_BREAKS = frozenset("\n\r\x85\u2028\u2029")
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> Any:
+    """Double-quote strings with line breaks, so folding cannot change them on reload."""
+    style = '"' if _YAML_BREAKS.intersection(data) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
 
 def dump_topology(spec: TopologySpec) -> str:
     """YAML text of ``spec``; :func:`loads_topology` reads it back into an equal spec."""

@@ -51,7 +51,7 @@ MAX_EPOCHS = 1_000_000
 #: Name reserved for the readout node in :func:`topo_ep.graph.to_graph`.
 READOUT = "readout"
 #: Layer names: a letter or underscore, then letters, digits, ``_`` or ``-``.
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")
 
 TOP_KEYS = (
     "name",
