@@ -305,6 +305,16 @@ def test_ep_contrast_update_is_the_gradient_scaled_by_the_product_of_gains():
     assert rms[0] < rms[1] < rms[2]
 
 
+def test_gradient_flow_says_when_no_implicit_gradient_exists():
+    spec = network((5, 6, 5), gain=4.0, activation="identity")  # expanding: no fixed point
+    net = compile_topology(spec, seed=4, dtype=F64)
+    x, y = batch(spec, size=2)
+    flow = gradient_flow(net, x, y)
+    assert "implicit gradient unavailable" in flow.implicit_note
+    assert all(math.isnan(row.cos_implicit) for row in flow.edges)
+    assert all(math.isfinite(row.cos_bp) for row in flow.edges)
+
+
 def test_reference_implicit_gradient_agrees_with_the_adapter():
     spec = network((6, 5, 4), gain=0.2, feedback="random", skips=((1, 3),))
     net = compile_topology(spec, seed=1, dtype=F64)

@@ -50,7 +50,8 @@ def implicit_gradient(
 
     L is the mean cross-entropy over the batch. Uses
     :func:`topo_ep.learn.implicit.implicit_gradients` when present, else
-    :func:`reference_implicit_gradient`.
+    :func:`reference_implicit_gradient`. Raises ``ArithmeticError`` when there is no converged
+    fixed point or adjoint (then no implicit gradient exists to compare with).
     """
     x = x.to(device=net.device, dtype=net.dtype)
     module = _optional("topo_ep.learn.implicit")
@@ -59,6 +60,12 @@ def implicit_gradient(
         result = module.implicit_gradients(
             net, x, y, schedule="sweep", free_steps=max_steps, tolerance=tolerance, check_every=1
         )
+        if not (result.free_stats.converged and result.adjoint_stats.converged):
+            raise ArithmeticError(
+                f"no converged fixed point or adjoint within {max_steps} steps (free residual "
+                f"{result.free_stats.residual:.3g}, adjoint change "
+                f"{result.adjoint_stats.residual:.3g})"
+            )
         return {name: result.grads[name] for name in net.weights}
     return reference_implicit_gradient(net, x, y, max_steps)
 
@@ -69,9 +76,15 @@ def reference_implicit_gradient(
     """Implicit gradient by fixed-point iteration of the adjoint lambda <- g + J^T lambda.
 
     J^T lambda is a vector-Jacobian product of one synchronous step at s*; the iteration
-    converges when rho(J) < 1. Raises ``ArithmeticError`` when it does not converge.
+    converges when rho(J) < 1. Raises ``ArithmeticError`` when the free relaxation or the
+    adjoint iteration does not converge.
     """
     fixed = free_fixed_point(net, x, max_steps=max_steps)
+    if not fixed.converged:
+        raise ArithmeticError(
+            f"no converged free fixed point within {max_steps} steps (residual "
+            f"{fixed.residual:.3g})"
+        )
     groups = make_schedule(net, "synchronous")
     params = dict(net.weights.items())
     tol = max(1e-10, 16.0 * torch.finfo(net.dtype).eps)
