@@ -35,7 +35,7 @@ from topo_ep.analysis.jacobian import jacobian_radii, jacobian_radius_at
 from topo_ep.analysis.lyapunov import lyapunov_exponents
 from topo_ep.analysis.operator import operator_spectrum, with_feedback_gain
 from topo_ep.analysis.states import convergence_tolerance, free_fixed_point
-from topo_ep.analysis.sweep import parse_set_values
+from topo_ep.analysis.sweep import SweepSettings, parse_set_values, run_sweep
 from topo_ep.analysis.tangent import step_with_tangent
 from topo_ep.cli import main
 from topo_ep.compiler import compile_topology
@@ -446,9 +446,20 @@ def test_sweep_command_writes_table_and_plots_and_resumes(tmp_path, capsys):
     assert "| feedback_gain |" in table and "[" in table
     for name in ("spectral_radius", "test_acc", "convergence_median"):
         assert (out / f"{name}.png").is_file()
-    capsys.readouterr()
-    assert main(argv) == 0
-    assert capsys.readouterr().out.count("reused") == 4
+    settings = SweepSettings(
+        file=str(topology),
+        path="feedback_gain",
+        values=("0.05", "0.5"),
+        seeds=2,
+        train_epochs=1,
+        limit=100,
+        batch=4,
+        convergence_steps=200,
+        out=str(out),
+    )
+    said: list[str] = []
+    rows = run_sweep(settings, log=said.append)
+    assert sum("reused" in line for line in said) == 4 and len(rows) == 4
 
 
 def test_gradient_flow_is_tracked_over_epochs_and_survives_a_resume(tmp_path):
