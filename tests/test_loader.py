@@ -116,8 +116,15 @@ def test_fre_3x512_and_deep_step_counts() -> None:
 def test_quickstart_settings() -> None:
     spec = load_topology(TOPOLOGIES / "quickstart.yaml")
     assert spec.input.size == 64 and spec.layer_names == ("h1", "h2")
-    assert spec.dynamics == DynamicsSpec("sweep", 10, 6, 1e-4, 2)
-    assert (spec.training.lr, spec.training.batch_size, spec.training.epochs) == (2e-3, 32, 15)
+    assert spec.dynamics == DynamicsSpec("sweep", 20, 10, 1e-4, 2)
+    training = spec.training
+    assert (training.lr, training.lr_schedule, training.batch_size, training.epochs) == (
+        2e-3,
+        "cosine",
+        32,
+        20,
+    )
+    assert training.nudging == "symmetric"
 
 
 # -- hand-written round trips -------------------------------------------------------------------

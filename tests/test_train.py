@@ -122,7 +122,10 @@ def runs(topology, tmp_path_factory) -> dict[tuple[str, str], Path]:
 
 # ---------------------------------------------------------------------------- run directory
 @pytest.mark.parametrize("method", METHODS)
-def test_metrics_have_one_line_per_epoch_with_required_keys(runs, method):
+def test_metrics_have_one_line_per_epoch_with_required_keys(runs, topology, method):
+    _, spec = topology
+    dynamics = spec.dynamics
+    phases = 2 if spec.training.nudging == "symmetric" else 1
     records = _metrics(runs[(method, "full")])
     assert [r["epoch"] for r in records] == [1, 2]
     for record in records:
@@ -130,9 +133,9 @@ def test_metrics_have_one_line_per_epoch_with_required_keys(runs, method):
         for key in ("train_acc", "val_acc", "test_acc"):
             assert 0.0 <= record[key] <= 1.0, key
         assert record["train_loss"] > 0 and record["seconds"] >= 0
-        if method == "ep":  # quickstart: sweep, tolerance 1e-4, limits 10 / 6, check every 2
-            assert 0 < record["free_steps"] <= 10
-            assert 0 < record["nudged_steps"] <= 6
+        if method == "ep":  # step limits per phase; symmetric nudging runs two nudged phases
+            assert 0 < record["free_steps"] <= dynamics.free_steps
+            assert 0 < record["nudged_steps"] <= phases * dynamics.nudged_steps
         else:
             assert record["free_steps"] == record["nudged_steps"] == 0
     # training did something: the last epoch beats chance on the test split
