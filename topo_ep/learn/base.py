@@ -11,7 +11,11 @@ from torch import Tensor
 from topo_ep.compiler import CompiledNetwork
 from topo_ep.spec import TopologySpec
 
-METHODS = ("ep", "bp")
+METHODS = ("ep", "bp", "bptt", "implicit")
+#: Key of the readout weight W_out in gradient dictionaries (see :func:`learned_tensors`).
+READOUT_WEIGHT = "readout"
+#: Key of the readout bias in gradient dictionaries.
+READOUT_BIAS = "readout:bias"
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,34 @@ def cross_entropy_and_correct(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor
     return loss.detach(), correct
 
 
+def learned_tensors(net: CompiledNetwork) -> dict[str, Tensor]:
+    """Every learned tensor of ``net`` under the keys the learners use for gradients.
+
+    Weights by their tensor name (``net.weights`` keys, e.g. ``input->h1:forward``), hidden
+    biases as ``bias:<layer>``, the readout weight as :data:`READOUT_WEIGHT` and its bias as
+    :data:`READOUT_BIAS`. Edge tensor names contain ``->``, so the keys never collide.
+    """
+    out: dict[str, Tensor] = dict(net.weights.items())
+    out.update({f"bias:{name}": bias for name, bias in net.biases.items()})
+    out[READOUT_WEIGHT] = net.readout_weight
+    if net.readout_bias is not None:
+        out[READOUT_BIAS] = net.readout_bias
+    return out
+
+
+def write_gradients(net: CompiledNetwork, grads: dict[str, Tensor]) -> None:
+    """Set ``.grad`` of every learned tensor from ``grads`` (keys of :func:`learned_tensors`).
+
+    A tensor missing from ``grads`` gets a zero gradient, so an optimizer step never reuses a
+    stale one. Gradients are detached copies.
+    """
+    for key, tensor in learned_tensors(net).items():
+        grad = grads.get(key)
+        tensor.grad = torch.zeros_like(tensor) if grad is None else grad.detach().clone()
+
+
 def make_method(name: str, spec: TopologySpec) -> Method:
-    """The method called ``name`` (``ep`` or ``bp``) configured from the spec."""
+    """The method called ``name`` (one of :data:`METHODS`) configured from the spec."""
     if name == "ep":
         from topo_ep.learn.ep import EquilibriumPropagation
 
@@ -56,4 +86,12 @@ def make_method(name: str, spec: TopologySpec) -> Method:
         from topo_ep.learn.bp import FeedforwardBackprop
 
         return FeedforwardBackprop()
+    if name == "bptt":
+        from topo_ep.learn.bptt import BackpropThroughTime
+
+        return BackpropThroughTime.from_spec(spec)
+    if name == "implicit":
+        from topo_ep.learn.implicit import ImplicitDifferentiation
+
+        return ImplicitDifferentiation.from_spec(spec)
     raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")

@@ -20,6 +20,17 @@ batch; ``a`` and ``b`` are the nudged and free states (one-sided, factor 1) or t
 and the gradient written for the optimizer is ``W.grad = -dW / (nudge * batch)``. Biases get
 db = factor * sum(a_k - b_k). The readout gets its exact cross-entropy gradient
 ``W_out.grad = (p - y)^T s_top^0 / batch``.
+
+Gain compensation. On a balanced topology with tied feedback (an energy exists, see
+:func:`gain_factors` and :func:`topo_ep.graph.analyse_balance`) the EP theorem gives, for an
+edge into layer j,
+
+    -dW / (nudge * batch)  ->  (c_top^2 / c_j^2) * dL/dW   as nudge -> 0,
+
+where u_k = c_k s_k makes the coupling symmetric; for a chain c_top^2 / c_j^2 is the product of
+the feedback gains between layer j and the top hidden layer. ``gain_compensated`` divides each
+edge's update (and each bias's) by that factor, so the update estimates the gradient in norm
+too. Without an energy the factor is undefined and gain compensation is refused.
 """
 
 from __future__ import annotations
@@ -31,8 +42,45 @@ from torch import Tensor
 
 from topo_ep.compiler import CompiledNetwork
 from topo_ep.engine import PhaseStats, StateDrive, make_schedule, relax
+from topo_ep.errors import TopoEpError
+from topo_ep.graph import analyse_balance
 from topo_ep.learn.base import BatchResult, cross_entropy_and_correct
 from topo_ep.spec import INPUT, TopologySpec
+
+
+def no_energy_reason(spec: TopologySpec) -> str | None:
+    """Why the topology has no energy (the sentence of :func:`topo_ep.graph.analyse_balance`,
+    which names the one-way coupling or the cycle that breaks the balance), or ``None``."""
+    balance = analyse_balance(spec)
+    return None if balance.balanced else balance.reason
+
+
+def gain_factors(spec: TopologySpec) -> dict[str, float] | None:
+    """Predicted ratio |EP update| / |dL/dW| per hidden layer j: c_top^2 / c_j^2.
+
+    With u_k = c_k s_k the balanced coupling is symmetric, a Hopfield energy exists, and the EP
+    theorem gives EP -> (c_top^2 / c_j^2) dL/dW as the nudge goes to 0 for every edge (and bias)
+    into layer j. For a chain with forward gains 1 it is the product of the feedback gains
+    between j and the top hidden layer. ``None`` when the topology has no energy (see
+    :func:`no_energy_reason`).
+    """
+    scales = analyse_balance(spec).scales
+    if scales is None:
+        return None
+    top = scales[spec.readout.source]
+    return {name: (top / c) ** 2 for name, c in scales.items()}
+
+
+def require_gain_factors(spec: TopologySpec) -> dict[str, float]:
+    """:func:`gain_factors`, or a :class:`~topo_ep.errors.TopoEpError` saying why there are none."""
+    factors = gain_factors(spec)
+    if factors is None:
+        raise TopoEpError(
+            f"gain compensation needs an energy; topology {spec.name!r}: "
+            f"{no_energy_reason(spec)}. Without an energy the EP update is not a rescaled "
+            "gradient and no per-edge factor exists; train without gain_compensated"
+        )
+    return factors
 
 
 @dataclass(frozen=True)
@@ -59,13 +107,14 @@ class EquilibriumPropagation:
     nudged_steps: int = 10
     tolerance: float = 0.0
     check_every: int = 5
+    gain_compensated: bool = False
     name: str = "ep"
 
     @classmethod
     def from_spec(cls, spec: TopologySpec) -> EquilibriumPropagation:
         d, t = spec.dynamics, spec.training
         if t.gain_compensated:
-            raise ValueError("gain_compensated training needs the energy module (not built yet)")
+            require_gain_factors(spec)
         return cls(
             nudge=t.nudge,
             nudging=t.nudging,
@@ -76,6 +125,7 @@ class EquilibriumPropagation:
             nudged_steps=d.nudged_steps,
             tolerance=d.tolerance,
             check_every=d.check_every,
+            gain_compensated=t.gain_compensated,
         )
 
     # ------------------------------------------------------------------ phases
@@ -152,8 +202,10 @@ class EquilibriumPropagation:
     def updates(self, net: CompiledNetwork, x: Tensor, phases: EPPhases) -> dict[str, Tensor]:
         """dW per learned tensor name (weights by edge, ``bias:<layer>`` for biases).
 
-        Not yet divided by nudge * batch; see the module docstring for the rules.
+        Not yet divided by nudge * batch; see the module docstring for the rules. With
+        ``gain_compensated`` each is divided by its target layer's :func:`gain_factors`.
         """
+        factors = require_gain_factors(net.spec) if self.gain_compensated else None
         if self.nudging == "one-sided":
             plus, minus, factor = phases.nudged[0], phases.free, 1.0
         else:
@@ -175,10 +227,13 @@ class EquilibriumPropagation:
                     delta = (plus[dst] - minus[dst]).t() @ pre_free
                 else:
                     delta = plus[dst].t() @ pre_plus - minus[dst].t() @ pre_minus
+                if factors is not None:
+                    scale /= factors[edge.target]
                 out[binding.tensor] = delta * scale
             for name in net.biases:
                 k = layout.index(name)
-                out[f"bias:{name}"] = (plus[k] - minus[k]).sum(dim=0) * factor
+                scale = factor if factors is None else factor / factors[name]
+                out[f"bias:{name}"] = (plus[k] - minus[k]).sum(dim=0) * scale
         return out
 
     def gradients(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> BatchResult:
