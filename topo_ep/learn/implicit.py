@@ -40,6 +40,8 @@ from topo_ep.compiler import CompiledNetwork
 from topo_ep.engine import PhaseStats, Schedule, make_schedule, relax
 from topo_ep.errors import DivergenceError
 from topo_ep.learn.base import (
+    READOUT_BIAS,
+    READOUT_WEIGHT,
     BatchResult,
     cross_entropy_and_correct,
     learned_tensors,
@@ -237,12 +239,12 @@ def implicit_gradients(
         top = free[net.top].detach().requires_grad_(True)
         logits = net.readout_logits(top)
         loss = torch.nn.functional.cross_entropy(logits, y)
-        readout_keys = [key for key in tensors if key.startswith("readout")]
+        readout_keys = [key for key in tensors if key in (READOUT_WEIGHT, READOUT_BIAS)]
         found = torch.autograd.grad(loss, [top] + [tensors[k] for k in readout_keys])
     source = [torch.zeros_like(s) for s in free]
     source[net.top] = found[0].detach()
     grads: dict[str, Tensor] = {k: g.detach() for k, g in zip(readout_keys, found[1:], strict=True)}
-    with torch.no_grad():
+    try:
         adjoint, adjoint_stats = solve_adjoint(
             net,
             derivatives,
@@ -252,6 +254,15 @@ def implicit_gradients(
             tolerance if adjoint_tolerance is None else adjoint_tolerance,
             check_every,
         )
+    except DivergenceError as exc:
+        state = (
+            "converged"
+            if free_stats.converged
+            else f"had not converged (residual {free_stats.residual:.3g} after "
+            f"{free_stats.steps} steps), so the state may be no fixed point at all"
+        )
+        raise DivergenceError(f"{exc}; the free phase {state}") from exc
+    with torch.no_grad():
         v = [d * a for d, a in zip(derivatives, adjoint, strict=True)]
     hidden_keys = [key for key in tensors if key not in readout_keys]
     if hidden_keys:
