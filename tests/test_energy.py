@@ -48,14 +48,6 @@ F64 = torch.float64
 TOPOLOGIES = Path(__file__).resolve().parents[1] / "topologies"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_spec(
     edges: list[dict], sizes: dict[str, int], top: str, n_in: int = 4, **layer_options
 ) -> TopologySpec:

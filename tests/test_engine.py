@@ -45,14 +45,6 @@ from topo_ep.validate import spec_from_dict
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def chain(
     sizes=(6, 8, 7, 5),
     classes: int = 3,

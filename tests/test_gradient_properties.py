@@ -49,7 +49,6 @@ import math
 import os
 
 import pytest
-import torch
 from hypothesis import HealthCheck, assume, event, given, note, reject, settings
 from hypothesis import strategies as st
 
@@ -74,14 +73,6 @@ DESCENDING = tuple(s for s in SCHEDULES if s != "synchronous")
 RESOLVABLE = 1e-9
 #: Largest relative EP signal at which nudge 1e-3 is a small perturbation of the layer.
 PERTURBATIVE = 0.1
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _check(

@@ -47,14 +47,6 @@ REPO = Path(__file__).resolve().parents[1]
 TOPOLOGIES = REPO / "topologies"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _spec(
     sizes=(5, 6, 5, 4, 4),
     gains=None,

@@ -41,14 +41,6 @@ REQUIRED_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _tiny_spec() -> TopologySpec:
     text = (REPO / "topologies" / "quickstart.yaml").read_text(encoding="utf-8")
     return loads_topology(text, "quickstart.yaml", overrides=OVERRIDES)

@@ -39,9 +39,8 @@ from torch import Tensor
 from topo_ep.analysis.backends import implicit_gradient
 from topo_ep.compiler import CompiledNetwork
 from topo_ep.errors import DivergenceError
-from topo_ep.graph import energy_scales
 from topo_ep.learn.bp import feedforward_state
-from topo_ep.learn.ep import EquilibriumPropagation
+from topo_ep.learn.ep import EquilibriumPropagation, gain_factors
 from topo_ep.spec import INPUT, TopologySpec
 
 
@@ -140,9 +139,9 @@ class GradientFlow:
 def predicted_factors(spec: TopologySpec) -> tuple[dict[str, float], str]:
     """Product-of-gains factor of every hidden layer and its basis (module docstring)."""
     top = spec.readout.source
-    scales = energy_scales(spec)
-    if scales is not None:
-        return {name: scales[top] ** 2 / scales[name] ** 2 for name in spec.layer_names}, "balance"
+    balanced = gain_factors(spec)
+    if balanced is not None:
+        return dict(balanced), "balance"
     graph = nx.DiGraph()
     graph.add_nodes_from(spec.layer_names)
     for edge in spec.edges:
