@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +86,8 @@ def write_report(
         f"- analyses: first {trained_settings.batch} test images; schedule synchronous; "
         "Lyapunov horizon T = 18; convergence tolerance max(1e-6, 16 eps(float32)) = 1.9e-6, "
         f"step limit {trained_settings.convergence_steps}",
-        f"- command: `{command}` ({seconds / 60:.0f} min wall clock on 2 shared CPU cores)",
+        f"- command: `{command}`; {seconds / 60:.0f} min of training in all (the trainer's "
+        "epoch times, 2 shared CPU cores)",
         "",
         "## Fresh networks (before training)",
         "",
@@ -139,6 +139,9 @@ def write_report(
         "Fresh networks: `fresh/*.png`.",
         "",
     ]
+    notes = out / "notes.md"
+    if notes.is_file():
+        lines += ["## Findings", "", notes.read_text(encoding="utf-8").strip(), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -158,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=str(REPO / "runs/feedback_gain_study"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    started = time.time()
     out, runs = Path(args.out), Path(args.runs)
     common = dict(
         file=str(REPO / "topologies/chain_5x64.yaml"),
@@ -172,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch,
         schedule="synchronous",
         convergence_steps=2000,
+        label="3 x 64 chain",
     )
     fresh_settings = SweepSettings(
         **common, train_epochs=0, out=str(out / "fresh"), runs_dir=str(runs / "fresh")
@@ -188,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     trained = run_sweep(trained_settings)
     write_tables(trained, trained_settings, command)
     plot_quantities(trained, trained_settings)
-    report = write_report(
-        out, fresh, trained, fresh_settings, trained_settings, command, time.time() - started
-    )
+    seconds = sum(float(row.get("train_seconds") or 0.0) for row in trained)
+    report = write_report(out, fresh, trained, fresh_settings, trained_settings, command, seconds)
     accuracy = {e["value"]: e["test_acc"][0] for e in aggregate(trained, trained_settings.values)}
     print(f"wrote {report}")
     print(

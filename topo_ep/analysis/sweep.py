@@ -89,6 +89,8 @@ class SweepSettings:
         Output folder of the tables and plots.
     runs_dir
         Folder of the per-point training runs and rows (default ``OUT/runs``).
+    label
+        Name of the network in titles (default: the topology file's stem).
     """
 
     file: str
@@ -107,6 +109,7 @@ class SweepSettings:
     convergence_steps: int = 1000
     out: str = "runs/sweep"
     runs_dir: str | None = None
+    label: str | None = None
 
     def point_dir(self, value: str, seed: int) -> Path:
         """The run folder of one (value, seed) point."""
@@ -358,7 +361,8 @@ def plot_quantities(rows: Sequence[dict[str, Any]], settings: SweepSettings) -> 
             ax.axhline(0.0, color="grey", linestyle=":")
         ax.set_xlabel(settings.path)
         ax.set_ylabel(QUANTITIES[key])
-        ax.set_title(f"{Path(settings.file).stem}: {QUANTITIES[key]}", fontsize=10)
+        name = settings.label or Path(settings.file).stem
+        ax.set_title(f"{name}: {QUANTITIES[key]}", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         path = out / f"{key}.png"
