@@ -9,8 +9,9 @@ edge. After training, the same gradient flow is measured on a float64 copy of th
 control: float32 cannot resolve the signal at the bottom of deep chains, DESIGN).
 
 Controls (seed 0, 10 layers): float64 training of the chain and of the residual net, and
-gain-compensated EP on the chain (each edge's update divided by its product-of-gains factor;
-only balanced topologies, i.e. the chain, admit it) when the installed EP learner supports it.
+gain-compensated EP on the chain in float32 and in float64 (each edge's update divided by its
+product-of-gains factor; only balanced topologies, i.e. the chain, admit it) when the installed
+EP learner supports it.
 
 Paper (MNIST, 50 epochs, mean of 5 runs): 5 x 64 97.64 %; 10 x 64 plain 92.49 % against residual
 97.49 %; 10 x 64 AGT 96.87 %; 20 x 64 residual 95.95 %.
@@ -71,7 +72,7 @@ class RunConfig:
     family: str
     depth: int
     seed: int
-    variant: str = "float32"  # float32 | float64 | gain_compensated
+    variant: str = "float32"  # float32 | float64 | gain_compensated | gain_compensated_float64
 
     @property
     def name(self) -> str:
@@ -79,7 +80,7 @@ class RunConfig:
 
     @property
     def dtype(self) -> str:
-        return "float64" if self.variant == "float64" else "float32"
+        return "float64" if self.variant.endswith("float64") else "float32"
 
     def overrides(self, extra: tuple[str, ...] = ()) -> list[str]:
         """The ``--set`` overrides of this run: depth, T/K = 10L/5L, the variant, ``extra``."""
@@ -88,7 +89,7 @@ class RunConfig:
             f"dynamics.free_steps={10 * self.depth}",
             f"dynamics.nudged_steps={5 * self.depth}",
         ]
-        if self.variant == "gain_compensated":
+        if self.variant.startswith("gain_compensated"):
             out.append("training.gain_compensated=true")
         return [*out, *extra]
 
@@ -361,6 +362,9 @@ def write_report(
             "",
         ]
     lines += ["![over epochs](signal_over_epochs.png)", ""]
+    findings = out / "notes.md"
+    if findings.is_file():
+        lines += ["## Findings", "", findings.read_text(encoding="utf-8").strip(), ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     table = [{k: v for k, v in r.items() if k not in ("flow_by_epoch", "metrics")} for r in rows]
@@ -378,10 +382,9 @@ def plan(args: argparse.Namespace, compensated: bool) -> list[RunConfig]:
             len([r for r in runs if r.depth <= 10]), RunConfig("residual", 10, 0, "float64")
         )
         if compensated:
-            runs.insert(
-                len([r for r in runs if r.depth <= 10]),
-                RunConfig("chain", 10, 0, "gain_compensated"),
-            )
+            for variant in ("gain_compensated", "gain_compensated_float64"):
+                at = len([r for r in runs if r.depth <= 10])
+                runs.insert(at, RunConfig("chain", 10, 0, variant))
     return runs
 
 
