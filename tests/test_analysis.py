@@ -49,14 +49,6 @@ F64 = torch.float64
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def network(
     sizes: tuple[int, ...],
     gain: float = 0.1,

@@ -56,10 +56,6 @@ RISE_TOL = 1e-12
 ENERGY_ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid")
 
 
-def setup_module() -> None:
-    torch.set_num_threads(1)
-
-
 def _largest_relative_rise(trace: torch.Tensor) -> float:
     """max over steps and samples of (E_{t+1} - E_t) / max(|E_t|, |E_{t+1}|)."""
     rise = trace[1:] - trace[:-1]

@@ -208,16 +208,7 @@ def expected_gradients(ref: DenseReference, x, free, nudged, p_free, onehot, met
     return grads
 
 
-# ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small float64 GEMMs are much faster on one thread on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
+# ---------------------------------------------------------------------------- inputs
 def _inputs(spec: TopologySpec, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand(BATCH, spec.input.size, generator=gen, dtype=torch.float64)
