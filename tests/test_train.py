@@ -302,3 +302,16 @@ def test_cli_resume_with_more_epochs(runs, topology, tmp_path, monkeypatch, meth
     assert _train(path, run, "--epochs", "2", "--method", method, "--resume") == 0
     assert len(_metrics(run)) == 2
     _assert_same_weights(_model(runs[(method, "full")]), _model(run))
+
+
+def test_track_flow_records_every_epoch_and_does_not_change_training(runs, topology, tmp_path):
+    path, _ = topology
+    run = tmp_path / "run"
+    assert _train(path, run, "--epochs", "2", "--track-flow", "8") == 0
+    records = [json.loads(line) for line in (run / "flow.jsonl").read_text("utf-8").splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    edges = {e["edge"] for e in records[-1]["edges"]}
+    assert "input->h1:forward" in edges
+    assert all(-1.0 <= e["cos_implicit"] <= 1.0 for e in records[-1]["edges"])
+    # measuring the flow must not disturb the training (same seed, same weights)
+    _assert_same_weights(_model(runs[("ep", "full")]), _model(run))

@@ -88,7 +88,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"({len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test), "
         f"device {trainer.device}, {settings.dtype}, seed {args.seed}, out {args.out}"
     )
-    metrics = trainer.run()
+    if args.track_flow > 0:
+        from topo_ep.analysis.tracking import FLOW_FILE, train_with_flow
+
+        test = trainer.dataset.test
+        x = test.x[: args.track_flow].to(dtype=trainer.net.dtype)
+        metrics, _ = train_with_flow(trainer, x, test.y[: args.track_flow])
+        print(f"gradient flow after every epoch: {trainer.out_dir / FLOW_FILE}")
+    else:
+        metrics = trainer.run()
     print(summary_line(spec, settings, metrics))
     return 0
 
@@ -220,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--limit", type=int, default=None, help="use at most N training examples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--track-flow",
+        type=int,
+        default=0,
+        metavar="N",
+        help="measure the gradient flow on the first N test examples before training and after "
+        "every epoch, into OUT/flow.jsonl (0: off)",
+    )
     _add_set_option(p)
     p.set_defaults(func=_cmd_train)
 
