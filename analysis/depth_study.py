@@ -132,8 +132,8 @@ def run_one(config: RunConfig, args: argparse.Namespace, data: Dataset, log) -> 
     trainer = Trainer(spec, data, settings, out_dir=run_dir, progress=False, log=log)
     if (run_dir / "checkpoint.pt").is_file():
         trainer.resume(run_dir)
-    x = data.test.x[: args.batch].to(trainer.dtype)
-    y = data.test.y[: args.batch]
+    x = trainer.dataset.test.x[: args.batch].to(trainer.dtype)
+    y = trainer.dataset.test.y[: args.batch]
     log(f"{config.name}: training {args.epochs} epochs")
     metrics, flows = train_with_flow(trainer, x, y)
     control = None

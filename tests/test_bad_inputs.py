@@ -43,6 +43,7 @@ CASES: dict[str, tuple[str, int | None, str | None]] = {
     "absurd_huge_size.yaml": ("absurd-number", 5, "layers[0].size"),
     "absurd_huge_steps.yaml": ("absurd-number", 13, "dynamics.free_steps"),
     "absurd_zero_lr.yaml": ("absurd-number", 14, "training.lr"),
+    "absurd_zero_input_std.yaml": ("absurd-number", 6, "input.std"),
     "absurd_generate_depth.yaml": ("absurd-number", 4, "generate.depth"),
     "invalid_activation.yaml": ("invalid-value", 5, "layers[0].activation"),
     "invalid_edge_to_input.yaml": ("invalid-value", 12, "edges[3].target"),

@@ -134,7 +134,7 @@ def _unusual_spec() -> TopologySpec:
     return TopologySpec(
         name="1e3",
         description="yes: a 'quoted' #description\nover two lines, ünïcødé",
-        input=InputSpec(5),
+        input=InputSpec(5, mean=0.5, std=0.25),
         layers=(
             LayerSpec("a", 5, "hard_sigmoid", True),
             LayerSpec("b-2", 7, "identity", False),

@@ -315,3 +315,31 @@ def test_track_flow_records_every_epoch_and_does_not_change_training(runs, topol
     assert all(-1.0 <= e["cos_implicit"] <= 1.0 for e in records[-1]["edges"])
     # measuring the flow must not disturb the training (same seed, same weights)
     _assert_same_weights(_model(runs[("ep", "full")]), _model(run))
+
+
+def test_input_standardisation_is_applied_to_every_split(topology, tmp_path):
+    """Declaring input mean/std trains exactly as the default topology on data standardised by
+    hand, and evaluate applies the same constants."""
+    _, spec = topology
+    mean, std = 0.25, 0.5
+    declared = dataclasses.replace(spec, input=dataclasses.replace(spec.input, mean=mean, std=std))
+    data = load_dataset("digits", seed=0, limit=LIMIT)
+    by_hand = dataclasses.replace(
+        data,
+        **{
+            name: dataclasses.replace(split, x=(split.x - mean) / std)
+            for name, split in (("train", data.train), ("val", data.val), ("test", data.test))
+        },
+    )
+    settings = RunSettings(method="ep", epochs=1, seed=0, device="cpu", limit=LIMIT)
+    quiet = {"progress": False, "log": lambda _: None}
+    a = Trainer(declared, data, settings, out_dir=tmp_path / "declared", **quiet)
+    b = Trainer(spec, by_hand, settings, out_dir=tmp_path / "by_hand", **quiet)
+    plain = Trainer(spec, data, settings, out_dir=tmp_path / "plain", **quiet)
+    metrics = a.run()
+    b.run()
+    plain.run()
+    _assert_same_weights(_model(tmp_path / "declared"), _model(tmp_path / "by_hand"))
+    assert not torch.equal(a.net.readout_weight, plain.net.readout_weight)
+    report = evaluate_checkpoint(tmp_path / "declared", device="cpu")
+    assert report.test_acc == pytest.approx(metrics[-1]["test_acc"], abs=1e-9)

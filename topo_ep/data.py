@@ -35,7 +35,7 @@ import math
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -460,6 +460,20 @@ def read_idx_labels(path: str | os.PathLike[str]) -> np.ndarray:
         For an unreadable, corrupt or truncated file; the message names it.
     """
     return _parse_idx(Path(path), IDX_LABELS_MAGIC).astype(np.int64)
+
+
+def standardize(dataset: Dataset, mean: float, std: float) -> Dataset:
+    """The dataset with every feature mapped to x' = (x - mean) / std (the topology's ``input``
+    constants); the dataset itself when mean = 0 and std = 1."""
+    if (mean, std) == (0.0, 1.0):
+        return dataset
+
+    def scaled(split: Split) -> Split:
+        return Split((split.x - mean) / std, split.y)
+
+    return replace(
+        dataset, train=scaled(dataset.train), val=scaled(dataset.val), test=scaled(dataset.test)
+    )
 
 
 def check_compatible(

@@ -28,9 +28,16 @@ LR_SCHEDULES = ("constant", "cosine")
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The clamped input vector x of ``size`` features."""
+    """The clamped input vector x of ``size`` features.
+
+    Every example is standardised before it reaches the network, x <- (x - mean) / std, with
+    constants declared here (like torchvision's ``Normalize``): the defaults, 0 and 1, leave
+    the data as the loader gives it (pixels in [0, 1]).
+    """
 
     size: int
+    mean: float = 0.0
+    std: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -176,7 +183,9 @@ class TopologySpec:
         out: dict[str, Any] = {"name": self.name}
         if self.description:
             out["description"] = self.description
-        out["input"] = asdict(self.input)
+        out["input"] = {"size": self.input.size}
+        if (self.input.mean, self.input.std) != (0.0, 1.0):
+            out["input"].update(mean=self.input.mean, std=self.input.std)
         out["layers"] = [asdict(layer) for layer in self.layers]
         readout = asdict(self.readout)
         readout["from"] = readout.pop("source")

@@ -65,7 +65,7 @@ TOP_KEYS = (
     "generate",
     "origin",
 )
-INPUT_KEYS = ("size",)
+INPUT_KEYS = ("size", "mean", "std")
 LAYER_KEYS = ("name", "size", "activation", "bias")
 READOUT_KEYS = ("from", "size", "feedback", "bias")
 EDGE_KEYS = ("source", "target", "kind", "gain", "feedback", "learned", "init")
@@ -587,7 +587,13 @@ def spec_from_dict(
     name = check.get(top, (), "name", check.string)
     description = check.get(top, (), "description", lambda v, p: check.string(v, p, True), "")
     input_data = check.mapping(top["input"], ("input",), INPUT_KEYS, ("size",), "input mapping")
-    input_spec = InputSpec(size=check.get(input_data, ("input",), "size", check.size))
+    input_spec = InputSpec(
+        size=check.get(input_data, ("input",), "size", check.size),
+        mean=check.get(input_data, ("input",), "mean", check.number, 0.0),
+        std=check.get(
+            input_data, ("input",), "std", lambda v, p: check.number(v, p, positive=True), 1.0
+        ),
+    )
     layers = _layers(check, top["layers"])
     names = [layer.name for layer in layers]
     readout = _readout(check, top["readout"], names)

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from topo_ep.checkpoint import load_checkpoint
 from topo_ep.compiler import CompiledNetwork, compile_topology
-from topo_ep.data import check_compatible, load_dataset
+from topo_ep.data import check_compatible, load_dataset, standardize
 from topo_ep.errors import CheckpointError
 from topo_ep.loader import load_topology
 from topo_ep.train import DTYPES
@@ -68,6 +68,7 @@ def analysis_batch(
     """The first ``size`` examples of the dataset's test split, and a line describing them."""
     data = load_dataset(dataset, data_dir)
     check_compatible(data, net.spec.input.size, net.spec.readout.size, None)
+    data = standardize(data, net.spec.input.mean, net.spec.input.std)
     x = data.test.x[:size].to(device=net.device, dtype=net.dtype)
     y = data.test.y[:size].to(net.device)
     return x, y, f"{dataset}, first {len(y)} examples of the test split"
