@@ -343,3 +343,20 @@ def test_input_standardisation_is_applied_to_every_split(topology, tmp_path):
     assert not torch.equal(a.net.readout_weight, plain.net.readout_weight)
     report = evaluate_checkpoint(tmp_path / "declared", device="cpu")
     assert report.test_acc == pytest.approx(metrics[-1]["test_acc"], abs=1e-9)
+
+
+def test_check_gradients_of_a_trained_checkpoint_on_its_dataset(runs, topology, capsys):
+    path, _ = topology
+    run = runs[("ep", "full")]
+    assert main(["check-gradients", str(path), "--checkpoint", str(run), "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert f"network: checkpoint {run} (epoch 2, method ep)" in out
+    assert "data: digits, first 4 examples of the test split" in out
+    assert "passed: every 1 - cos <= 1e-06" in out
+    # the trained weights are checked, not a fresh network's: the EP norms differ
+    assert main(["check-gradients", str(path), "--batch", "4", "--dataset", "digits"]) == 0
+    fresh = capsys.readouterr().out
+    assert "fresh network" in fresh
+    row = [line for line in out.splitlines() if line.startswith("input->h1")]
+    fresh_row = [line for line in fresh.splitlines() if line.startswith("input->h1")]
+    assert row and fresh_row and row != fresh_row

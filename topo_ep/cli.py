@@ -133,7 +133,21 @@ def _cmd_check_gradients(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise TopoEpError(str(exc)) from exc
-    result = check_gradients(spec, settings)
+    net, data = None, None
+    if args.checkpoint is not None or args.dataset is not None:
+        from topo_ep.analysis.inputs import analysis_batch, load_network
+
+        loaded = load_network(args.file, args.overrides, args.checkpoint, args.dtype, args.seed)
+        net, spec = loaded.net, loaded.net.spec
+        print(f"network: {loaded.source}")
+        dataset = args.dataset or loaded.dataset
+        if dataset is not None:
+            x, y, described = analysis_batch(
+                net, dataset, args.data_dir or loaded.data_dir, args.batch
+            )
+            data = (x, y)
+            print(f"data: {described}")
+    result = check_gradients(spec, settings, net=net, data=data)
     print(result.format())
     return 0 if result.passed else 1
 
@@ -271,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--schedule", default=None, help="relaxation schedule (the topology's)")
     p.add_argument("--max-steps", type=int, default=20000, help="step limit per phase")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="check a trained network (checkpoint.pt or its run dir) on its dataset's test split",
+    )
+    p.add_argument("--dataset", default=None, help="check on this dataset's first test examples")
+    p.add_argument("--data-dir", default=None)
     p.add_argument(
         "--tolerance", type=float, default=None, help="residual tolerance (16 eps of the dtype)"
     )
