@@ -161,3 +161,22 @@ def test_python_dash_m_help_works():
     assert result.stdout.startswith("usage: topo-ep")
     for command in ("validate", "compile", "train", "evaluate"):
         assert command in result.stdout
+
+
+def test_closed_pipe_gives_no_traceback():
+    """`topo-ep compile FILE | head -1`: the reader leaves early; no traceback reaches the user."""
+    process = subprocess.Popen(
+        # 1000 layers print ~250 kB, more than a pipe holds: the writer meets the closed pipe
+        [sys.executable, "-m", "topo_ep", "compile", "topologies/chain_10x64.yaml"]
+        + ["--set", "generate.depth=1000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.readline()
+    process.stdout.close()  # the reader goes away, as `head -1` does
+    stderr = process.stderr.read().decode()
+    process.wait(timeout=120)
+    assert "Traceback" not in stderr
+    assert process.returncode in (0, 1)
