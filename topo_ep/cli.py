@@ -7,6 +7,7 @@ input (:class:`~topo_ep.errors.TopoEpError`) are printed without a traceback and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
@@ -366,10 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # the reader of stdout went away (`topo-ep compile FILE | head`): stop quietly, and
         # point stdout at devnull so that flushing it at exit cannot raise again
-        try:
+        with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
         return 1
 
 
