@@ -31,6 +31,7 @@ from topo_ep.analysis.balance import balance_report
 from topo_ep.analysis.convergence import convergence_times
 from topo_ep.analysis.energy_trace import energy_trace
 from topo_ep.analysis.gradient_flow import gradient_flow, predicted_factors
+from topo_ep.analysis.inputs import analysis_batch
 from topo_ep.analysis.jacobian import jacobian_radii, jacobian_radius_at
 from topo_ep.analysis.lyapunov import lyapunov_exponents
 from topo_ep.analysis.operator import operator_spectrum, with_feedback_gain
@@ -39,6 +40,7 @@ from topo_ep.analysis.sweep import SweepSettings, parse_set_values, run_sweep
 from topo_ep.analysis.tangent import step_with_tangent
 from topo_ep.cli import main
 from topo_ep.compiler import compile_topology
+from topo_ep.data import load_dataset
 from topo_ep.engine import make_schedule, step
 from topo_ep.errors import TopoEpError
 from topo_ep.loader import load_topology, loads_topology
@@ -494,3 +496,15 @@ def test_gradient_flow_is_tracked_over_epochs_and_survives_a_resume(tmp_path):
     assert [r["epoch"] for r in flows] == [0, 1, 2] and len(metrics) == 2
     assert read_flow(run) == flows
     assert all(len(r["layers"]) == 2 and len(r["edges"]) == 2 for r in flows)
+
+
+def test_analysis_batch_standardises_as_the_topology_declares():
+    spec = load_topology(
+        REPO / "topologies" / "quickstart.yaml", overrides=["input.mean=0.3", "input.std=0.4"]
+    )
+    net = compile_topology(spec, dtype=F64)
+    x, y, described = analysis_batch(net, "digits", None, 8)
+    raw = load_dataset("digits").test
+    assert torch.allclose(x, ((raw.x[:8] - 0.3) / 0.4).double())
+    assert torch.equal(y, raw.y[:8])
+    assert "standardised as (x - 0.3) / 0.4" in described

@@ -71,4 +71,8 @@ def analysis_batch(
     data = standardize(data, net.spec.input.mean, net.spec.input.std)
     x = data.test.x[:size].to(device=net.device, dtype=net.dtype)
     y = data.test.y[:size].to(net.device)
-    return x, y, f"{dataset}, first {len(y)} examples of the test split"
+    described = f"{dataset}, first {len(y)} examples of the test split"
+    mean, std = net.spec.input.mean, net.spec.input.std
+    if (mean, std) != (0.0, 1.0):
+        described += f", standardised as (x - {mean:g}) / {std:g} (the topology's input)"
+    return x, y, described
