@@ -39,6 +39,11 @@ class InputSpec:
     mean: float = 0.0
     std: float = 1.0
 
+    @property
+    def standardised(self) -> bool:
+        """Whether the constants change the data (mean != 0 or std != 1)."""
+        return (self.mean, self.std) != (0.0, 1.0)
+
 
 @dataclass(frozen=True)
 class LayerSpec:
@@ -184,7 +189,7 @@ class TopologySpec:
         if self.description:
             out["description"] = self.description
         out["input"] = {"size": self.input.size}
-        if (self.input.mean, self.input.std) != (0.0, 1.0):
+        if self.input.standardised:
             out["input"].update(mean=self.input.mean, std=self.input.std)
         out["layers"] = [asdict(layer) for layer in self.layers]
         readout = asdict(self.readout)

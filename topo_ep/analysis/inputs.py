@@ -72,7 +72,9 @@ def analysis_batch(
     x = data.test.x[:size].to(device=net.device, dtype=net.dtype)
     y = data.test.y[:size].to(net.device)
     described = f"{dataset}, first {len(y)} examples of the test split"
-    mean, std = net.spec.input.mean, net.spec.input.std
-    if (mean, std) != (0.0, 1.0):
-        described += f", standardised as (x - {mean:g}) / {std:g} (the topology's input)"
+    declared = net.spec.input
+    if declared.standardised:
+        described += (
+            f", standardised as (x - {declared.mean:g}) / {declared.std:g} (the topology's input)"
+        )
     return x, y, described
