@@ -428,12 +428,12 @@ def is_balanced(spec: TopologySpec) -> bool:
 def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
     """The spec as a networkx ``MultiDiGraph``.
 
-    Nodes: ``"input"`` (``size``), each hidden layer (``size``, ``activation``, ``bias``) and
-    ``"readout"`` (``size``, ``bias``, ``feedback``); every node has a ``role`` of ``input``,
-    ``hidden`` or ``readout``. Edges are keyed by kind and carry ``gain``, ``feedback``,
+    Nodes: ``"input"`` (``size``, ``mean``, ``std``), each hidden layer (``size``, ``activation``,
+    ``bias``) and ``"readout"`` (``size``, ``bias``, ``feedback``); every node has a ``role`` of
+    ``input``, ``hidden`` or ``readout``. Edges are keyed by kind and carry ``gain``, ``feedback``,
     ``learned`` and ``init``; the readout edge has key ``"readout"``. ``graph.graph`` holds
-    ``name``, ``description``, ``origin`` and ``edge_order`` (the ``(source, target, kind)``
-    of every edge in declaration order, which :func:`from_graph` restores).
+    ``name``, ``description``, ``origin`` and ``edge_order`` (the ``(source, target, kind)`` of
+    every edge in declaration order, which :func:`from_graph` restores).
     """
     result = nx.MultiDiGraph(
         name=spec.name,
@@ -441,7 +441,9 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
         origin=spec.origin,
         edge_order=[(edge.source, edge.target, edge.kind) for edge in spec.edges],
     )
-    result.add_node(INPUT, role="input", size=spec.input.size)
+    result.add_node(
+        INPUT, role="input", size=spec.input.size, mean=spec.input.mean, std=spec.input.std
+    )
     for layer in spec.layers:
         result.add_node(
             layer.name,
@@ -481,14 +483,14 @@ def from_graph(
 ) -> TopologySpec:
     """Build a validated spec from a networkx graph.
 
-    The graph needs a node ``"input"`` with a ``size``, hidden-layer nodes with a ``size``
-    (optional ``activation``, ``bias``) and a node ``"readout"`` with a ``size`` and exactly one
-    incoming edge from the layer it reads (optional ``feedback``, ``bias``). Every other edge is
-    an :class:`~topo_ep.spec.EdgeSpec`: its kind is the edge key in a multigraph when the key is
-    an edge kind, else the ``kind`` attribute, else ``forward``; ``gain``, ``feedback``,
-    ``learned`` and ``init`` come from the attributes. Layers keep the graph's node order;
-    edges follow ``graph.graph["edge_order"]`` where given, then the graph's edge order.
-    ``graph.graph["origin"]`` becomes the spec's origin.
+    The graph needs a node ``"input"`` with a ``size`` (optional ``mean``, ``std``), hidden-layer
+    nodes with a ``size`` (optional ``activation``, ``bias``) and a node ``"readout"`` with a
+    ``size`` and exactly one incoming edge from the layer it reads (optional ``feedback``,
+    ``bias``). Every other edge is an :class:`~topo_ep.spec.EdgeSpec`: its kind is the edge key in a
+    multigraph when the key is an edge kind, else the ``kind`` attribute, else ``forward``;
+    ``gain``, ``feedback``, ``learned`` and ``init`` come from the attributes. Layers keep the
+    graph's node order; edges follow ``graph.graph["edge_order"]`` where given, then the graph's
+    edge order. ``graph.graph["origin"]`` becomes the spec's origin.
 
     Parameters
     ----------
@@ -513,7 +515,7 @@ def from_graph(
     if text:
         data["description"] = text
     if INPUT in graph.nodes:
-        data["input"] = _node_dict(graph.nodes[INPUT], ("size",))
+        data["input"] = _node_dict(graph.nodes[INPUT], ("size", "mean", "std"))
     data["layers"] = [
         {"name": node, **_node_dict(attrs, ("size", "activation", "bias"))}
         for node, attrs in graph.nodes(data=True)
