@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from topo_ep.analysis.run import NetworkAnalysis
@@ -28,6 +29,28 @@ def _save(fig: Figure, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(target, dpi=_DPI)
     return target
+
+
+def _finish(
+    fig: Figure,
+    ax: Axes,
+    path: str | Path,
+    title: str,
+    ylabel: str,
+    xlabel: str | None = None,
+    legend_loc: str = "best",
+    title_size: float | None = None,
+) -> Path:
+    """Label the axes, title and legend of a one-panel figure, then save it."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title_size is None:
+        ax.set_title(title)
+    else:
+        ax.set_title(title, fontsize=title_size)
+    ax.legend(fontsize=8, loc=legend_loc)
+    return _save(fig, path)
 
 
 def plot_residuals(result: NetworkAnalysis, path: str | Path) -> Path:
@@ -52,11 +75,8 @@ def plot_residuals(result: NetworkAnalysis, path: str | Path) -> Path:
         linewidth=0.8,
         label=f"free_steps T = {result.free_steps}",
     )
-    ax.set_xlabel("step t")
-    ax.set_ylabel("residual r_t (relative RMS)")
-    ax.set_title(f"{result.topology}: free relaxation from s = 0 ({result.batch} samples)")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    title = f"{result.topology}: free relaxation from s = 0 ({result.batch} samples)"
+    return _finish(fig, ax, path, title, "residual r_t (relative RMS)", "step t")
 
 
 def plot_layer_signal(result: NetworkAnalysis, path: str | Path) -> Path:
@@ -77,11 +97,8 @@ def plot_layer_signal(result: NetworkAnalysis, path: str | Path) -> Path:
     shown = np.where(factors > 0, factors * top, np.nan)
     ax.semilogy(position, shown, "k:", label=f"top x product of gains ({flow.factor_basis})")
     ax.set_xticks(position, names, rotation=45 if len(names) > 8 else 0)
-    ax.set_xlabel("hidden layer (feedforward order)")
-    ax.set_ylabel("RMS of s^n - s^0")
-    ax.set_title(f"{result.topology}: EP signal by layer (nudge {flow.nudge:g})")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    title = f"{result.topology}: EP signal by layer (nudge {flow.nudge:g})"
+    return _finish(fig, ax, path, title, "RMS of s^n - s^0", "hidden layer (feedforward order)")
 
 
 def plot_edge_cosines(result: NetworkAnalysis, path: str | Path) -> Path:
@@ -158,12 +175,11 @@ def plot_eigenvalues(result: NetworkAnalysis, path: str | Path) -> Path:
     ax.set_xlim(-limit, limit)
     ax.set_ylim(-limit, limit)
     ax.set_aspect("equal")
-    ax.set_xlabel("Re lambda")
-    ax.set_ylabel("Im lambda")
     which = "all" if op.method == "exact" else f"{len(op.eigenvalues)} largest (ARPACK)"
-    ax.set_title(f"eigenvalues of M ({which}, N = {op.size})", fontsize=9)
-    ax.legend(fontsize=8, loc="upper right")
-    return _save(fig, path)
+    title = f"eigenvalues of M ({which}, N = {op.size})"
+    return _finish(
+        fig, ax, path, title, "Im lambda", "Re lambda", legend_loc="upper right", title_size=9
+    )
 
 
 def plot_jacobian(result: NetworkAnalysis, path: str | Path) -> Path:
@@ -194,10 +210,8 @@ def plot_jacobian(result: NetworkAnalysis, path: str | Path) -> Path:
     ax.axhline(1.0, color="grey", linestyle=":")
     ax.set_xticks(range(len(names)), names)
     ax.set_yscale("log")
-    ax.set_ylabel("contraction per step")
-    ax.set_title(f"{result.topology}: local contraction (rho(J)) and Lyapunov growth")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    title = f"{result.topology}: local contraction (rho(J)) and Lyapunov growth"
+    return _finish(fig, ax, path, title, "contraction per step")
 
 
 def plot_energy(result: NetworkAnalysis, path: str | Path) -> Path:
@@ -209,8 +223,5 @@ def plot_energy(result: NetworkAnalysis, path: str | Path) -> Path:
         gap = (trace.energies - trace.energies.min(axis=0, keepdims=True)).mean(axis=1)
         steps = np.arange(trace.energies.shape[0])
         ax.semilogy(steps, np.where(gap > 0, gap, np.nan), "o-", markersize=3, label=name)
-    ax.set_xlabel("step t")
-    ax.set_ylabel("mean of E(s_t) - min_t E(s_t)")
-    ax.set_title(f"{result.topology}: energy along the free relaxation")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+    title = f"{result.topology}: energy along the free relaxation"
+    return _finish(fig, ax, path, title, "mean of E(s_t) - min_t E(s_t)", "step t")
