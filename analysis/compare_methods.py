@@ -77,7 +77,8 @@ def main() -> None:
             metrics = run_one(args, method, seed, out / f"{method}_s{seed}")
             rows.append({"method": method, "seed": seed, **summarise(metrics)})
     lines = [
-        f"# {Path(args.topology).stem} on {args.dataset}: EP against BP",
+        f"# {Path(args.topology).stem} on {args.dataset}: "
+        + " against ".join(method.upper() for method in args.methods),
         "",
         f"Command: `python analysis/compare_methods.py {' '.join(sys.argv[1:])}`",
         "",
