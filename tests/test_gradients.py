@@ -566,3 +566,49 @@ def test_check_gradients_errors(capsys):
         capsys, str(TOPOLOGIES / "fre_2x512.yaml"), "--max-steps", "2", "--set", "layers.h1.size=8"
     )
     assert code == 1 and "NOT CONVERGED" in out
+
+
+def test_strong_coupling_ratio_misses_1e_4_on_a_net_that_settles_in_150_steps():
+    """Found by the strong-coupling property test in CI: a balanced 4-layer net (forward gains
+    1.8-3, weights x1.25) that settles in 150 sweeps, is perturbative (largest signal 6.6e-3)
+    and has 1 - cos <= 2.1e-10 at nudge 1e-3, yet its raw norm ratios miss c_top^2 / c_j^2 by
+    up to 4.2e-4. The miss is the O(nudge^2) bias with a constant near 400: it falls 100x per
+    decade of nudge. So the strong-coupling property asserts the ratio to 1e-3, not 1e-4."""
+    gains = {
+        ("h1", "h2"): (3.0, 2.2198373336967325),
+        ("h2", "h3"): (2.8007565555864518, 2.800756555586452),
+        ("h3", "h4"): (1.836168937556738, 0.5806476011530781),
+        ("h1", "h3"): (1.9960454911270504, 1.4769654336536189),
+        ("h1", "h4"): (2.0465530359631314, 0.47887581071122143),
+    }
+    edges = [{"source": "input", "target": "h1"}]
+    for (low, high), (forward, feedback) in gains.items():
+        kind = "forward" if int(high[1:]) - int(low[1:]) == 1 else "skip"
+        edges.append({"source": low, "target": high, "kind": kind, "gain": forward})
+        edges.append({"source": high, "target": low, "kind": "feedback", "gain": feedback})
+    edges += [{"source": "input", "target": t, "kind": "skip"} for t in ("h3", "h4")]
+    spec = spec_from_dict(
+        {
+            "name": "balanced_strong_4",
+            "input": {"size": 2},
+            "layers": [{"name": f"h{k}", "size": 2, "bias": k in (2, 3)} for k in range(1, 5)],
+            "readout": {"from": "h4", "size": 4},
+            "edges": edges,
+            "dynamics": {"schedule": "colour"},
+        }
+    )
+    case = NetworkCase(spec, seed=18533, weight_scale=1.25)
+    x = torch.tensor([[0.0403, -0.9106]], dtype=F64)
+    y = torch.tensor([2])
+    misses = []
+    for nudge in (1e-2, 1e-3, 1e-4):
+        result = check_gradients(
+            spec, CheckSettings(nudge=nudge, schedule="sweep"), net=case.build(), data=(x, y)
+        )
+        assert result.converged and result.energy_reason is None
+        misses.append(max(abs(r.norm_ratio / r.predicted_ratio - 1) for r in result.rows))
+        if nudge == 1e-3:
+            assert result.free_steps <= 200 and max(r.one_minus_cos for r in result.rows) < 1e-9
+    assert 1e-4 < misses[1] < 1e-3
+    assert misses[0] / misses[1] == pytest.approx(100, rel=0.2)
+    assert misses[1] / misses[2] == pytest.approx(100, rel=0.2)
