@@ -90,6 +90,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"({len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test), "
         f"device {trainer.device}, {settings.dtype}, seed {args.seed}, out {args.out}"
     )
+    if spec.input.standardised:
+        print(f"inputs standardised: x <- (x - {spec.input.mean:g}) / {spec.input.std:g}")
     if args.track_flow > 0:
         from topo_ep.analysis.tracking import FLOW_FILE, train_with_flow
 
