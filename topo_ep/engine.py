@@ -143,8 +143,6 @@ def relax(
                 raise DivergenceError(divergence_message(net, t))
             if tol > 0 and residual < tol:
                 return state, PhaseStats(steps, residual, True)
-    if max_steps == 0:
-        return state, PhaseStats(0, residual, False)
     return state, PhaseStats(steps, residual, False)
 
 

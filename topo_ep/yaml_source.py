@@ -85,14 +85,6 @@ def offset_location(text: str, offset: int, filename: str) -> Location:
     return Location(filename, line, column)
 
 
-def _describe(node: Node) -> str:
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    return f"{node.value!r}"
-
-
 class _Converter:
     """Converts composed YAML nodes to plain data, recording positions."""
 

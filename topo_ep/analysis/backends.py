@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
 from topo_ep.analysis.states import FIXED_POINT_MAX_STEPS, FIXED_POINT_TOLERANCE
@@ -41,9 +40,15 @@ def implicit_gradient(
         When either became non-finite.
     """
     x = x.to(device=net.device, dtype=net.dtype)
-    tolerance = max(FIXED_POINT_TOLERANCE, 16.0 * torch.finfo(net.dtype).eps)
+    # relax and the adjoint solve both raise the tolerance to the dtype's floor, 16 eps
     result = implicit_gradients(
-        net, x, y, schedule="sweep", free_steps=max_steps, tolerance=tolerance, check_every=1
+        net,
+        x,
+        y,
+        schedule="sweep",
+        free_steps=max_steps,
+        tolerance=FIXED_POINT_TOLERANCE,
+        check_every=1,
     )
     if not (result.free_stats.converged and result.adjoint_stats.converged):
         raise ArithmeticError(

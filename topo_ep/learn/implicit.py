@@ -37,7 +37,7 @@ from torch import Tensor
 
 from topo_ep.blocks import Block
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import PhaseStats, Schedule, make_schedule, relax
+from topo_ep.engine import PhaseStats, Schedule, effective_tolerance, make_schedule, relax
 from topo_ep.errors import DivergenceError
 from topo_ep.learn.base import (
     READOUT_BIAS,
@@ -183,7 +183,7 @@ def _solve_adjoint(
     groups = adjoint_schedule(schedule)
     outgoing = outgoing_blocks(net)
     dtype = source[0].dtype
-    tol = 0.0 if tolerance <= 0 else max(float(tolerance), 16.0 * torch.finfo(dtype).eps)
+    tol = effective_tolerance(tolerance, dtype)
     check_every = max(1, int(check_every))
     adjoint = [s.clone() for s in source]
     change = math.nan
