@@ -116,12 +116,13 @@ def test_fre_3x512_and_deep_step_counts() -> None:
 def test_quickstart_settings() -> None:
     spec = load_topology(TOPOLOGIES / "quickstart.yaml")
     assert spec.input.size == 64 and spec.layer_names == ("h1", "h2")
+    assert (spec.input.mean, spec.input.std) == (0.305, 0.376)  # the training split's own
     assert spec.dynamics == DynamicsSpec("sweep", 20, 10, 1e-4, 2)
     training = spec.training
     assert (training.lr, training.lr_schedule, training.batch_size, training.epochs) == (
         2e-3,
         "cosine",
-        32,
+        16,
         20,
     )
     assert training.nudging == "symmetric"
