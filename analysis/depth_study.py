@@ -34,6 +34,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -193,19 +194,31 @@ def _mean_range(values: list[float]) -> str:
     return f"{mean:.2f} [{100 * min(finite):.2f} .. {100 * max(finite):.2f}]"
 
 
+def _seed0_flows(rows: list[dict], depth: int) -> Iterator[tuple[str, str, dict, dict | None]]:
+    """(colour, family, final flow, float64 control flow or None) of seed 0, per family run."""
+    for index, family in enumerate(FAMILIES):
+        mine = select(rows, family, depth, seed=0)
+        if mine:
+            yield f"C{index}", family, mine[0]["final_flow"], mine[0]["final_flow_float64"]
+
+
+def _save_figure(fig: Figure, ax: Any, title: str, path: Path) -> Path:
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def plot_layer_signal(rows: list[dict], depth: int, out: Path) -> Path:
     """RMS of s^n - s^0 by layer after training, per family, float32 and float64 control."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
-    for index, family in enumerate(FAMILIES):
-        mine = select(rows, family, depth, seed=0)
-        if not mine:
-            continue
-        colour = f"C{index}"
-        _, rms = _signal(mine[0]["final_flow"])
+    for colour, family, flow, control_flow in _seed0_flows(rows, depth):
+        _, rms = _signal(flow)
         ax.semilogy(np.arange(1, len(rms) + 1), rms, "o-", color=colour, label=f"{family}")
-        if mine[0]["final_flow_float64"] is not None:
-            _, control = _signal(mine[0]["final_flow_float64"])
+        if control_flow is not None:
+            _, control = _signal(control_flow)
             ax.semilogy(
                 np.arange(1, len(control) + 1),
                 control,
@@ -215,39 +228,26 @@ def plot_layer_signal(rows: list[dict], depth: int, out: Path) -> Path:
             )
     ax.set_xlabel("hidden layer (1 = bottom)")
     ax.set_ylabel("RMS of s^n - s^0")
-    ax.set_title(f"{depth} x 64 after training: EP signal by layer (seed 0)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / f"layer_signal_L{depth}.png"
-    fig.savefig(path, dpi=110)
-    return path
+    title = f"{depth} x 64 after training: EP signal by layer (seed 0)"
+    return _save_figure(fig, ax, title, out / f"layer_signal_L{depth}.png")
 
 
 def plot_edge_cosines(rows: list[dict], depth: int, out: Path) -> Path:
     """cos(EP, implicit gradient) per edge after training, float32 and float64 control."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
-    for index, family in enumerate(FAMILIES):
-        mine = select(rows, family, depth, seed=0)
-        if not mine:
-            continue
-        colour = f"C{index}"
-        flow = mine[0]["final_flow"]
+    for colour, family, flow, control_flow in _seed0_flows(rows, depth):
         targets = [int(r["target"][1:]) for r in flow["edges"]]
         ax.plot(targets, _cosines(flow), "o", color=colour, label=family)
-        if mine[0]["final_flow_float64"] is not None:
-            control = _cosines(mine[0]["final_flow_float64"])
+        if control_flow is not None:
+            control = _cosines(control_flow)
             ax.plot(targets, control, "x", color=colour, label=f"{family} (float64)")
     ax.axhline(1.0, color="grey", linewidth=0.6)
     ax.axhline(0.0, color="black", linewidth=0.6)
     ax.set_xlabel("target layer of the edge")
     ax.set_ylabel("cos(EP estimate, implicit gradient)")
-    ax.set_title(f"{depth} x 64 after training: EP alignment by edge (seed 0)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / f"edge_cosines_L{depth}.png"
-    fig.savefig(path, dpi=110)
-    return path
+    title = f"{depth} x 64 after training: EP alignment by edge (seed 0)"
+    return _save_figure(fig, ax, title, out / f"edge_cosines_L{depth}.png")
 
 
 def plot_over_epochs(rows: list[dict], out: Path) -> Path:
