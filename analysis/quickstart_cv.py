@@ -64,6 +64,7 @@ def fold_dataset(pool: Dataset, train_idx: list[int], held_idx: list[int]) -> Da
 
 
 def overrides_of(candidate: str) -> list[str]:
+    """The ``--set`` overrides a candidate stands for."""
     return [] if candidate == BASE else candidate.split(",")
 
 
@@ -71,8 +72,8 @@ def run_fold(job: tuple[str, str, str, int, int, int]) -> dict:
     """Train one candidate on one fold with one seed; count correct held-out predictions."""
     topology, candidate, method, folds, fold, seed = job
     torch.set_num_threads(1)
-    # A batch that stops at the step limit is counted nowhere here; its per-epoch warning
-    # would flood the table of a study of hundreds of runs.
+    # The study scores accuracy only; one bounded non-convergence warning per epoch of
+    # hundreds of runs would bury its table.
     warnings.filterwarnings("ignore", message=r"epoch \d+: .* reached the step limit")
     spec = load_topology(topology, overrides_of(candidate))
     pool = pooled_digits()
