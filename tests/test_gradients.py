@@ -467,14 +467,59 @@ def test_strong_coupling_nudge_0_1_is_outside_the_asymptotic_regime():
         [[-0.2908, -0.9917, 0.1946, -0.9671], [-0.0514, -0.3951, -0.0669, 0.2683]], dtype=F64
     )
     data = (x, torch.tensor([0, 2]))
-    worst = []
+    worst, signals = [], []
     for nudge in (1e-1, 1e-2, 1e-3):
         result = check_gradients(
             spec, CheckSettings(nudge=nudge, schedule="sweep"), net=case.build(), data=data
         )
         assert result.converged and gain_factors(spec) is not None
         worst.append(max(row.one_minus_cos for row in result.rows))
+        signals.append(max(row.signal for row in result.rows if row.target != "readout"))
     assert worst[0] > 1e-3
+    assert 100 < worst[0] / worst[1] < 1000
+    assert worst[1] / worst[2] > 5000
+    assert worst[2] < 1e-8
+    # the property test measures the fall from the largest nudge that moves no layer by more
+    # than 10 % of its norm: here 0.01, not 0.1
+    assert signals[0] > 0.1 >= signals[1]
+
+
+def test_strong_coupling_fall_from_nudge_0_1_misses_1000x_on_a_net_that_settles_in_130_steps():
+    """Found by the strong-coupling property test with random draws: gains 1.25 / 1.25,
+    weights x1.25, 130 free steps. Nudge 0.1 moves h2 by half its norm, and the worst 1 - cos
+    falls only ~440x to nudge 0.01; from 0.01 (signal 0.057) it falls ~10^4x."""
+    spec = spec_from_dict(
+        {
+            "name": "balanced_strong_2",
+            "input": {"size": 5},
+            "layers": [{"name": "h1", "size": 3}, {"name": "h2", "size": 2}],
+            "readout": {"from": "h2", "size": 3},
+            "edges": [
+                {"source": "input", "target": "h1"},
+                {"source": "h1", "target": "h2", "gain": 1.25},
+                {"source": "h2", "target": "h1", "kind": "feedback", "gain": 1.25},
+            ],
+        }
+    )
+    case = NetworkCase(spec, seed=6836733, weight_scale=1.25)
+    x = torch.tensor(
+        [
+            [0.5646, 0.9859, 0.2490, -0.5886, 0.5535],
+            [-0.7910, -0.5819, 0.0700, -0.7763, -0.4359],
+            [0.3397, 0.3712, -0.6267, 0.7606, 0.7186],
+        ],
+        dtype=F64,
+    )
+    data = (x, torch.tensor([1, 2, 0]))
+    worst, signals = [], []
+    for nudge in (1e-1, 1e-2, 1e-3):
+        result = check_gradients(
+            spec, CheckSettings(nudge=nudge, schedule="sweep"), net=case.build(), data=data
+        )
+        assert result.converged and result.free_steps <= 200
+        worst.append(max(row.one_minus_cos for row in result.rows))
+        signals.append(max(row.signal for row in result.rows if row.target != "readout"))
+    assert signals[0] > 0.1 >= signals[1]
     assert 100 < worst[0] / worst[1] < 1000
     assert worst[1] / worst[2] > 5000
     assert worst[2] < 1e-8
