@@ -26,7 +26,7 @@ where some layer moves by more than PERTURBATIVE = 10 % of its norm.
   the issue's thresholds. 1 - cos <= 1e-8 at nudge 1e-3 on every tensor; the raw norm ratio
   matches c_top^2 / c_j^2 to 1e-4 relative; the worst 1 - cos falls >= 1000x from nudge 0.1
   to 0.01 wherever that fall is above rounding, i.e. where the worst 1 - cos at nudge 0.1 is
-  >= 1e-8 (Hypothesis found a near-linear net with 6e-14 at 0.1 and the
+  >= FALL_MEASURABLE = 1e-10 (Hypothesis found a near-linear net with 6e-14 at 0.1 and the
   rounding floor, 4e-15, at 0.01; the share of examples where the fall is measured is reported
   as a Hypothesis event).
 - strong coupling (ratios 0.3-1, forward gains 1-3), `sweep` or `colour` (synchronous updates
@@ -37,8 +37,13 @@ where some layer moves by more than PERTURBATIVE = 10 % of its norm.
   keeps it). Near-critical nets have a larger O(nudge^2) constant: in 1039 collected examples the
   only ratio misses above 1e-4 (up to 1.1e-3) and the only fall below 1000x (528x) came from nets
   that needed 220-580 free steps; Hypothesis earlier found one that needed 830 and had 1 - cos
-  1.5e-8. Three fixed-input strong cases are kept in tests/test_gradients.py, where the O(nudge^2)
-  law holds one decade lower (docs/gradients.md).
+  1.5e-8. Random draws later found two more nets inside the domain: one (130 free steps) whose
+  nudge 0.1 moves a layer by half its norm, so that its 1 - cos falls only 440x to 0.01, and
+  one (185 free steps) whose ratio misses by 3.7e-3, an O(nudge^2) constant near 3700. So the
+  strong test measures the fall from the largest nudge that moves no layer by more than
+  PERTURBATIVE, and checks a ratio that misses 1e-3 one decade lower, where the miss must fall
+  >= 30x and meet 1e-3. Five fixed-input strong cases are kept in tests/test_gradients.py
+  (docs/gradients.md).
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ RESOLVABLE = 1e-9
 PERTURBATIVE = 0.1
 #: Strong coupling: free-phase steps (to 16 eps) beyond which a net counts as near-critical.
 SETTLES_WITHIN = 200
+#: Smallest worst 1 - cos at the larger nudge at which a 1000x fall stays above the rounding
+#: floor of 1 - cos (about 4e-15).
+FALL_MEASURABLE = 1e-10
 
 
 def _check(
@@ -118,17 +126,52 @@ def _ep_ran(result: GradientCheck) -> None:
     assert lowest.ep_norm > 0 and lowest.true_norm > 0
 
 
-def _ratios_and_compensation(
-    case: NetworkCase, batch, schedule: str, raw: GradientCheck, tolerance: float
-) -> None:
-    """Raw norm ratio = c_top^2 / c_j^2; gain compensation divides by exactly that factor."""
-    for row in raw.rows:
+def _ratio_misses(result: GradientCheck) -> dict[str, float]:
+    """Relative miss of each tensor's norm ratio from its predicted c_top^2 / c_j^2."""
+    misses = {}
+    for row in result.rows:
         assert row.predicted_ratio is not None
-        assert row.norm_ratio == pytest.approx(row.predicted_ratio, rel=tolerance), row.name
+        misses[row.name] = abs(row.norm_ratio / row.predicted_ratio - 1.0)
+    return misses
+
+
+def _ratios_and_compensation(
+    case: NetworkCase,
+    batch,
+    schedule: str,
+    raw: GradientCheck,
+    tolerance: float,
+    second_order_fallback: bool = False,
+) -> None:
+    """Raw norm ratio = c_top^2 / c_j^2 to ``tolerance``; gain compensation divides by exactly
+    that factor.
+
+    With ``second_order_fallback``, a net whose O(nudge^2) bias has so large a constant that the
+    ratio misses ``tolerance`` at the checked nudge is checked one decade lower instead: there
+    every miss must fall >= 30x (the law gives 100x) and meet ``tolerance``.
+    """
+    misses = _ratio_misses(raw)
+    checked = raw
+    if second_order_fallback and max(misses.values()) > tolerance:
+        event("ratio checked one decade lower: large O(nudge^2) constant")
+        checked = _check(case, batch, raw.settings.nudge / 10, schedule, raw.settings.max_steps)
+        assert checked.converged
+        finer = _ratio_misses(checked)
+        note(f"ratio misses at {raw.settings.nudge:g}: {misses}; one decade lower: {finer}")
+        for name, miss in misses.items():
+            if miss > tolerance:
+                assert finer[name] <= miss / 30, name
+    for name, miss in _ratio_misses(checked).items():
+        assert miss <= tolerance, name
     compensated = _check(
-        case, batch, raw.settings.nudge, schedule, raw.settings.max_steps, gain_compensated=True
+        case,
+        batch,
+        checked.settings.nudge,
+        schedule,
+        checked.settings.max_steps,
+        gain_compensated=True,
     )
-    for plain, comp in zip(raw.rows, compensated.rows, strict=True):
+    for plain, comp in zip(checked.rows, compensated.rows, strict=True):
         assert comp.ep_norm == pytest.approx(plain.ep_norm / plain.predicted_ratio, rel=1e-12)
         assert comp.norm_ratio == pytest.approx(1.0, rel=tolerance), comp.name
         assert comp.one_minus_cos == pytest.approx(plain.one_minus_cos, rel=1e-6, abs=1e-20)
@@ -146,9 +189,11 @@ def _assert_the_issue_thresholds(
     small,
     ratio_tolerance: float = 1e-4,
     fall_from_perturbative_nudge: bool = False,
+    second_order_fallback: bool = False,
 ) -> None:
     """1 - cos <= 1e-8 at nudge 1e-3 on every tensor, the raw ratio to ``ratio_tolerance``
-    (the issue's 1e-4 by default), and a >= 1000x fall of the worst 1 - cos over one decade of
+    (the issue's 1e-4 by default; see ``_ratios_and_compensation`` for
+    ``second_order_fallback``), and a >= 1000x fall of the worst 1 - cos over one decade of
     nudge (where it is above rounding).
 
     The decade is 0.1 to 0.01, as the issue gives it. With ``fall_from_perturbative_nudge`` it
@@ -157,7 +202,7 @@ def _assert_the_issue_thresholds(
     norm is outside it (tests/test_gradients.py keeps two such nets).
     """
     assert _worst(small) <= 1e-8  # every tensor, nudge 1e-3
-    _ratios_and_compensation(case, batch, schedule, small, ratio_tolerance)
+    _ratios_and_compensation(case, batch, schedule, small, ratio_tolerance, second_order_fallback)
     nudges = (1e-1, 1e-2, 1e-3, 1e-4)
     checks = {2: small}
 
@@ -178,11 +223,11 @@ def _assert_the_issue_thresholds(
         f"worst 1 - cos: {_worst(large):.3e} at {nudges[first]:g}, "
         f"{_worst(medium):.3e} at {nudges[first + 1]:g}"
     )
-    if _worst(large) >= 1e-8:
+    if _worst(large) >= FALL_MEASURABLE:
         event("fall measured")
         assert _worst(large) >= 1000 * _worst(medium)
     else:
-        event("fall not measured: 1 - cos < 1e-8 already at the larger nudge")
+        event(f"fall not measured: 1 - cos < {FALL_MEASURABLE:g} already at the larger nudge")
 
 
 @PROPERTY
@@ -222,7 +267,13 @@ def test_symmetric_contrast_ep_is_the_gradient_strong_coupling(case, data):
     # ratio to 1e-3: a net that settles in 150 steps misses by 4.4e-4 (O(nudge^2), kept in
     # tests/test_gradients.py)
     _assert_the_issue_thresholds(
-        case, batch, schedule, small, ratio_tolerance=1e-3, fall_from_perturbative_nudge=True
+        case,
+        batch,
+        schedule,
+        small,
+        ratio_tolerance=1e-3,
+        fall_from_perturbative_nudge=True,
+        second_order_fallback=True,
     )
 
 

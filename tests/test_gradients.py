@@ -525,6 +525,51 @@ def test_strong_coupling_fall_from_nudge_0_1_misses_1000x_on_a_net_that_settles_
     assert worst[2] < 1e-8
 
 
+def test_strong_coupling_ratio_bias_constant_near_3700_on_a_net_that_settles_in_185_steps():
+    """Found by the strong-coupling property test with random draws: a 3-layer net with skips
+    and gains up to 2.56 that settles in 185 free steps. The input->h1 ratio misses its
+    prediction by 3.7e-3 at nudge 1e-3, and by 3.7e-5 and 3.6e-7 at 1e-4 and 1e-5: the
+    O(nudge^2) bias with a constant near 3700. The property checks such nets one decade lower."""
+    gains = {("h1", "h2"): 1.3038645426580242, ("h2", "h3"): 2.5625053804559963}
+    back = {("h1", "h2"): 1.2966216024589272, ("h2", "h3"): 2.5621452747374285}
+    edges = [{"source": "input", "target": "h1"}]
+    for (low, high), gain in gains.items():
+        edges.append({"source": low, "target": high, "gain": gain})
+        edges.append({"source": high, "target": low, "kind": "feedback", "gain": back[low, high]})
+    edges += [
+        {"source": "h1", "target": "h3", "kind": "skip", "gain": 1.9563050985721062},
+        {"source": "h3", "target": "h1", "kind": "feedback", "gain": 1.9451644747810979},
+        {"source": "input", "target": "h2", "kind": "skip"},
+        {"source": "input", "target": "h3", "kind": "skip"},
+    ]
+    sizes = {"h1": 2, "h2": 6, "h3": 2}
+    spec = spec_from_dict(
+        {
+            "name": "balanced_strong_3",
+            "input": {"size": 2},
+            "layers": [{"name": n, "size": k, "bias": True} for n, k in sizes.items()],
+            "readout": {"from": "h3", "size": 3},
+            "edges": edges,
+        }
+    )
+    case = NetworkCase(spec, seed=80791, weight_scale=0.76171875)
+    x = torch.tensor([[0.6808, 0.9381], [0.9564, 0.6643]], dtype=F64)
+    misses = []
+    for nudge in (1e-3, 1e-4, 1e-5):
+        result = check_gradients(
+            spec,
+            CheckSettings(nudge=nudge, schedule="sweep"),
+            net=case.build(),
+            data=(x, torch.tensor([1, 2])),
+        )
+        assert result.converged and result.free_steps <= 200
+        row = result.row("input->h1:forward")
+        misses.append(abs(row.norm_ratio / row.predicted_ratio - 1))
+    assert 3e-3 < misses[0] < 5e-3
+    assert misses[0] / misses[1] == pytest.approx(100, rel=0.05)
+    assert misses[1] / misses[2] == pytest.approx(100, rel=0.05)
+
+
 # ---------------------------------------------------------------------------- CLI
 def _check(capsys, *args: str) -> tuple[int, str]:
     capsys.readouterr()
