@@ -97,18 +97,20 @@ def run_fold(job: tuple[str, str, str, int, int, int]) -> dict:
 
 def summarise(records: list[dict], candidates: list[str]) -> list[dict]:
     """Per candidate: mean held-out accuracy over seeds and the paired difference to base."""
-    by_run = {(r["candidate"], r["seed"], r["fold"]): r for r in records}
     seeds = sorted({r["seed"] for r in records})
+
+    def runs_of(candidate: str, seed: int) -> list[dict]:
+        return [r for r in records if r["candidate"] == candidate and r["seed"] == seed]
+
     rows = []
     for candidate in candidates:
         per_seed = []
         diffs = []
         for seed in seeds:
-            runs = [v for (c, s, _), v in by_run.items() if c == candidate and s == seed]
+            runs = runs_of(candidate, seed)
             correct = sum(r["correct"] for r in runs)
-            total = sum(r["held_out"] for r in runs)
-            per_seed.append(correct / total)
-            base = [v for (c, s, _), v in by_run.items() if c == BASE and s == seed]
+            per_seed.append(correct / sum(r["held_out"] for r in runs))
+            base = runs_of(BASE, seed)
             if base:
                 diffs.append(correct - sum(r["correct"] for r in base))
         rows.append(

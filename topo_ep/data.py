@@ -462,18 +462,20 @@ def read_idx_labels(path: str | os.PathLike[str]) -> np.ndarray:
     return _parse_idx(Path(path), IDX_LABELS_MAGIC).astype(np.int64)
 
 
-def standardize(dataset: Dataset, mean: float, std: float) -> Dataset:
-    """The dataset with every feature mapped to x' = (x - mean) / std (the topology's ``input``
-    constants); the dataset itself when mean = 0 and std = 1."""
+def standardize_split(split: Split, mean: float, std: float) -> Split:
+    """The split with every feature mapped to x' = (x - mean) / std (the topology's ``input``
+    constants); the split itself when mean = 0 and std = 1."""
     if (mean, std) == (0.0, 1.0):
-        return dataset
+        return split
+    return Split((split.x - mean) / std, split.y)
 
-    def scaled(split: Split) -> Split:
-        return Split((split.x - mean) / std, split.y)
 
-    return replace(
-        dataset, train=scaled(dataset.train), val=scaled(dataset.val), test=scaled(dataset.test)
+def standardize(dataset: Dataset, mean: float, std: float) -> Dataset:
+    """The dataset with :func:`standardize_split` applied to each of its splits."""
+    train, val, test = (
+        standardize_split(split, mean, std) for split in (dataset.train, dataset.val, dataset.test)
     )
+    return replace(dataset, train=train, val=val, test=test)
 
 
 def check_compatible(

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from topo_ep.checkpoint import load_checkpoint
 from topo_ep.compiler import CompiledNetwork, compile_topology
-from topo_ep.data import check_compatible, load_dataset, standardize
+from topo_ep.data import Split, check_compatible, load_dataset, standardize_split
 from topo_ep.errors import CheckpointError
 from topo_ep.loader import load_topology
 from topo_ep.train import DTYPES
@@ -68,11 +68,13 @@ def analysis_batch(
     """The first ``size`` examples of the dataset's test split, and a line describing them."""
     data = load_dataset(dataset, data_dir)
     check_compatible(data, net.spec.input.size, net.spec.readout.size, None)
-    data = standardize(data, net.spec.input.mean, net.spec.input.std)
-    x = data.test.x[:size].to(device=net.device, dtype=net.dtype)
-    y = data.test.y[:size].to(net.device)
-    described = f"{dataset}, first {len(y)} examples of the test split"
     declared = net.spec.input
+    batch = standardize_split(
+        Split(data.test.x[:size], data.test.y[:size]), declared.mean, declared.std
+    )
+    x = batch.x.to(device=net.device, dtype=net.dtype)
+    y = batch.y.to(net.device)
+    described = f"{dataset}, first {len(y)} examples of the test split"
     if declared.standardised:
         described += (
             f", standardised as (x - {declared.mean:g}) / {declared.std:g} (the topology's input)"
