@@ -41,9 +41,10 @@ from topo_ep.analysis.tangent import step_with_tangent
 from topo_ep.cli import main
 from topo_ep.compiler import compile_topology
 from topo_ep.data import load_dataset
-from topo_ep.engine import make_schedule, step
+from topo_ep.engine import step
 from topo_ep.errors import TopoEpError
 from topo_ep.loader import load_topology, loads_topology
+from topo_ep.params import ParamKey
 from topo_ep.spec import TopologySpec
 from topo_ep.validate import spec_from_dict
 
@@ -217,7 +218,7 @@ def test_step_with_tangent_follows_the_engine_exactly(schedule):
     net = compile_topology(spec, seed=0, dtype=F64)
     x, _ = batch(spec)
     drives = net.input_drive(x)
-    groups = make_schedule(net, schedule)
+    groups = net.schedule(schedule)
     state = net.layout.zeros(4, dtype=F64, device=net.device)
     tangent = [torch.ones_like(s) for s in state]
     with torch.no_grad():
@@ -309,13 +310,13 @@ def test_gradient_flow_says_when_no_implicit_gradient_exists():
     assert all(math.isfinite(row.cos_bp) for row in flow.edges)
 
 
-def _vjp_implicit_gradient(net, x, y, steps: int = 3000) -> dict[str, torch.Tensor]:
+def _vjp_implicit_gradient(net, x, y, steps: int = 3000) -> dict[ParamKey, torch.Tensor]:
     """An independent implicit gradient: lambda = g + J^T lambda by vector-Jacobian products of
     one synchronous step F at s*, then dL/dW = lambda . dF/dW (autograd, no adjoint blocks)."""
     fixed = free_fixed_point(net, x, max_steps=steps)
     assert fixed.converged
-    groups = make_schedule(net, "synchronous")
-    params = dict(net.weights.items())
+    groups = net.schedule("synchronous")
+    params = {ParamKey.edge(b.edge): net.weights[b.tensor] for b in net.learned_bindings()}
     with torch.enable_grad():
         held = [s.detach().requires_grad_(True) for s in fixed.state]
         loss = torch.nn.functional.cross_entropy(net.readout_logits(held[net.top]), y)
@@ -338,8 +339,8 @@ def test_implicit_gradient_matches_an_independent_vector_jacobian_solution():
     net = compile_topology(spec, seed=1, dtype=F64)
     x, y = batch(spec, size=4)
     a, b = implicit_gradient(net, x, y), _vjp_implicit_gradient(net, x, y, steps=300)
-    assert set(a) == set(net.weights)
-    for name in a:
+    assert set(b) == {key for key in a if key.kind == "edge"} and len(b) == 4
+    for name in b:
         assert torch.allclose(a[name], b[name], rtol=1e-7, atol=1e-12)
 
 
@@ -498,13 +499,14 @@ def test_gradient_flow_is_tracked_over_epochs_and_survives_a_resume(tmp_path):
     assert all(len(r["layers"]) == 2 and len(r["edges"]) == 2 for r in flows)
 
 
-def test_analysis_batch_standardises_as_the_topology_declares():
+def test_analysis_batch_is_raw_and_the_network_standardises_it():
     spec = load_topology(
         REPO / "topologies" / "quickstart.yaml", overrides=["input.mean=0.3", "input.std=0.4"]
     )
     net = compile_topology(spec, dtype=F64)
     x, y, described = analysis_batch(net, "digits", None, 8)
     raw = load_dataset("digits").test
-    assert torch.allclose(x, ((raw.x[:8] - 0.3) / 0.4).double())
+    assert torch.equal(x, raw.x[:8].double())  # standardised once, by the network only
+    assert torch.allclose(net.prepare_input(x), ((raw.x[:8] - 0.3) / 0.4).double())
     assert torch.equal(y, raw.y[:8])
     assert "standardised as (x - 0.3) / 0.4" in described

@@ -26,17 +26,16 @@ import pytest
 import torch
 
 from topo_ep import graph
+from topo_ep.balance import analyse_balance, energy_scales, is_balanced
 from topo_ep.cli import main
 from topo_ep.compiler import CompiledNetwork, compile_topology
 from topo_ep.energy import (
     Energy,
     NoEnergyError,
-    analyse_balance,
     energy,
     energy_trace,
     held_nudge_term,
 )
-from topo_ep.engine import make_schedule
 from topo_ep.errors import TopoEpError
 from topo_ep.learn.ep import EquilibriumPropagation
 from topo_ep.loader import load_topology, loads_topology
@@ -157,7 +156,7 @@ def test_a_chain_always_balances_with_scales_from_the_gains():
         {"h1": 1.0, "h2": math.sqrt(0.1), "h3": math.sqrt(0.025)}
     )
     assert "no cycles" in balance.reason
-    assert graph.energy_scales(spec) == balance.scales and graph.is_balanced(spec)
+    assert energy_scales(spec) == balance.scales and is_balanced(spec)
 
 
 def test_a_balanced_skip_and_an_unbalanced_one_named_with_its_cycle():
@@ -227,7 +226,7 @@ def test_zero_gains():
     # ... and the energy of the decoupled layers still descends under colour
     net = compile_topology(spec, seed=1, dtype=F64)
     x = torch.rand(2, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
-    trace, _ = energy_trace(net, Energy(net).drives(x), make_schedule(net, "colour"), 5)
+    trace, _ = energy_trace(net, Energy(net).drives(x), net.schedule("colour"), 5)
     assert (trace[1:] - trace[:-1]).max() <= 1e-12
 
 
@@ -270,9 +269,9 @@ def test_update_groups_are_a_proper_colouring():
 def test_colour_schedule_in_the_engine_and_the_spec():
     spec = chain3(skip=0.01)
     net = compile_topology(spec, dtype=F64)
-    assert make_schedule(net, "colour") == ((0,), (1,), (2,))
-    with pytest.raises(ValueError, match="'colour'"):
-        make_schedule(net, "even-odd")
+    assert net.schedule("colour") == ((0,), (1,), (2,))
+    with pytest.raises(ValueError, match="one of synchronous, sweep, colour"):
+        net.schedule("even-odd")
     text = (
         "name: c\ninput: {size: 4}\ngenerate: {family: residual, depth: 7, width: 3}\n"
         "dynamics: {schedule: colour, free_steps: 30, nudged_steps: 10}\n"
@@ -280,7 +279,7 @@ def test_colour_schedule_in_the_engine_and_the_spec():
     spec = loads_topology(text)
     assert spec.dynamics.schedule == "colour"
     net = compile_topology(spec, dtype=F64)
-    groups = make_schedule(net, "colour")
+    groups = net.schedule("colour")
     assert sorted(k for group in groups for k in group) == list(range(7))
     method = EquilibriumPropagation.from_spec(spec)
     x = torch.rand(3, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
@@ -330,7 +329,7 @@ def test_energy_of_other_activations(activation):
     state = random_state(net, 2, seed=4, low=0.05, high=0.95)
     expected = dense_energy(spec, net, analyse_balance(spec).scales, state, x)
     assert torch.allclose(energy(net, state, x), expected, rtol=1e-12, atol=1e-12)
-    trace, _ = energy_trace(net, Energy(net).drives(x), make_schedule(net, "colour"), 10)
+    trace, _ = energy_trace(net, Energy(net).drives(x), net.schedule("colour"), 10)
     assert ((trace[1:] - trace[:-1]) <= 1e-12 * trace.abs()[:-1].clamp(min=1)).all()
 
 
@@ -350,7 +349,7 @@ def test_energy_is_finite_at_saturated_tanh_states():
         pytest.approx(2 * math.log(2), rel=1e-15)
     )
     # a relaxation driven into saturation keeps a finite energy
-    trace, final = energy_trace(net, Energy(net).drives(x * 10), make_schedule(net, "colour"), 8)
+    trace, final = energy_trace(net, Energy(net).drives(x * 10), net.schedule("colour"), 8)
     assert any((layer.abs() == 1.0).any() for layer in final)
     assert torch.isfinite(trace).all()
 
@@ -431,7 +430,7 @@ def traces(steps: int = 12):
     case, x = counterexample()
     net = case.build()
     drives = Energy(net).drives(x)
-    colour, _ = energy_trace(net, drives, make_schedule(net, "colour"), steps)
+    colour, _ = energy_trace(net, drives, net.schedule("colour"), steps)
     even_odd, _ = energy_trace(net, drives, EVEN_ODD, steps)
     return net, colour[:, 0], even_odd[:, 0]
 
@@ -439,7 +438,7 @@ def traces(steps: int = 12):
 def test_wrong_colouring_raises_the_energy_and_colour_does_not():
     net, colour, even_odd = traces()
     assert analyse_balance(net.spec).balanced  # gains 1 everywhere: balanced
-    assert make_schedule(net, "colour") == ((0,), (1,), (2,))
+    assert net.schedule("colour") == ((0,), (1,), (2,))
     # the even/odd grouping has an edge inside a group
     assert "h1->h3:skip" in net.bindings
     rise_colour = (colour[1:] - colour[:-1]) / colour[:-1].abs().clamp(min=1.0)

@@ -33,7 +33,6 @@ from topo_ep.compiler import compile_topology
 from topo_ep.engine import (
     PhaseStats,
     effective_tolerance,
-    make_schedule,
     relax,
     step,
 )
@@ -83,9 +82,7 @@ def _free(net, x, schedule, max_steps, tolerance=0.0, check_every=5):
     drives = net.input_drive(x)
     start = net.layout.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        return relax(
-            net, start, drives, make_schedule(net, schedule), max_steps, tolerance, check_every
-        )
+        return relax(net, start, drives, net.schedule(schedule), max_steps, tolerance, check_every)
 
 
 def _fixed_point_defect(net, x, state) -> float:
@@ -132,10 +129,10 @@ def test_sweep_and_synchronous_reach_the_same_fixed_point():
 def test_schedules_group_layers_as_documented():
     spec = chain()
     net = compile_topology(spec, dtype=F64)
-    assert make_schedule(net, "synchronous") == ((0, 1, 2),)
-    assert make_schedule(net, "sweep") == ((0,), (1,), (2,))
+    assert net.schedule("synchronous") == ((0, 1, 2),)
+    assert net.schedule("sweep") == ((0,), (1,), (2,))
     with pytest.raises(ValueError, match="unknown schedule"):
-        make_schedule(net, "bogus")
+        net.schedule("bogus")
 
 
 def test_synchronous_step_uses_only_the_previous_state_and_sweep_the_newest():
@@ -146,11 +143,11 @@ def test_synchronous_step_uses_only_the_previous_state_and_sweep_the_newest():
     gen = torch.Generator().manual_seed(3)
     state = [torch.rand(4, n, generator=gen, dtype=F64) for n in net.layout.sizes]
     before = [s.clone() for s in state]
-    sync = step(net, state, drives, make_schedule(net, "synchronous"))
+    sync = step(net, state, drives, net.schedule("synchronous"))
     for k in range(3):
         expected = torch.tanh(net.preactivation(k, before, drives[k]))
         assert torch.equal(sync[k], expected)
-    sweep = step(net, state, drives, make_schedule(net, "sweep"))
+    sweep = step(net, state, drives, net.schedule("sweep"))
     newest = list(before)
     for k in range(3):
         newest[k] = torch.tanh(net.preactivation(k, newest, drives[k]))
@@ -207,7 +204,7 @@ def test_tolerance_zero_runs_exactly_max_steps():
     drives = net.input_drive(x)
     manual = net.layout.zeros(4, dtype=F64, device=x.device)
     for _ in range(60):
-        manual = step(net, manual, drives, make_schedule(net, "synchronous"))
+        manual = step(net, manual, drives, net.schedule("synchronous"))
     for a, b in zip(state, manual, strict=True):
         assert torch.equal(a, b)
 
@@ -217,7 +214,7 @@ def test_zero_steps_return_the_start_state():
     net = compile_topology(spec, dtype=F64)
     x, _ = _data(spec)
     start = [torch.full((4, n), 0.25, dtype=F64) for n in net.layout.sizes]
-    out, stats = relax(net, start, net.input_drive(x), make_schedule(net, "sweep"), 0, 1e-6)
+    out, stats = relax(net, start, net.input_drive(x), net.schedule("sweep"), 0, 1e-6)
     assert stats.steps == 0 and not stats.converged and np.isnan(stats.residual)
     for a, b in zip(out, start, strict=True):
         assert torch.equal(a, b)

@@ -59,7 +59,7 @@ from topo_ep.errors import DivergenceError
 from topo_ep.gradcheck import CheckSettings, GradientCheck, check_gradients
 from topo_ep.learn.bptt import bptt_gradients
 from topo_ep.learn.implicit import implicit_gradients
-from topo_ep.spec import SCHEDULES
+from topo_ep.schedules import SCHEDULES
 from topo_ep.testing import NetworkCase, inputs, networks, topologies
 
 #: Examples per property (see docs/gradients.md for the run time); raise it for a deeper run
@@ -71,7 +71,7 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 #: Energy-descending schedules (each group update minimises the energy exactly).
-DESCENDING = tuple(s for s in SCHEDULES if s != "synchronous")
+DESCENDING = tuple(s for s in SCHEDULES.names() if s != "synchronous")
 #: Smallest relative EP signal float64 resolves (rounding ~1e-16 of the state).
 RESOLVABLE = 1e-9
 #: Largest relative EP signal at which nudge 1e-3 is a small perturbation of the layer.

@@ -9,7 +9,7 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
-from topo_ep import graph
+from topo_ep import balance, graph, graph_io
 from topo_ep.errors import TopologyError
 from topo_ep.loader import dump_topology, load_topology, loads_topology
 from topo_ep.spec import EdgeSpec, TopologySpec
@@ -36,7 +36,7 @@ def _chain(depth: int, gain: float = 0.1) -> TopologySpec:
 
 def test_to_graph_nodes_and_edges() -> None:
     spec = load_topology(TOPOLOGIES / "fre_2x512.yaml")
-    g = graph.to_graph(spec)
+    g = graph_io.to_graph(spec)
     assert isinstance(g, nx.MultiDiGraph)
     assert list(g.nodes) == ["input", "h1", "h2", "readout"]
     assert g.nodes["input"] == {"role": "input", "size": 784, "mean": 0.1307, "std": 0.3081}
@@ -64,7 +64,7 @@ def test_multigraph_keeps_parallel_kinds() -> None:
         ],
         "b",
     )
-    g = graph.to_graph(spec)
+    g = graph_io.to_graph(spec)
     assert set(g["a"]["b"]) == {"forward", "skip"}
     assert g.edges["a", "b", "skip"]["gain"] == 0.5
 
@@ -72,8 +72,8 @@ def test_multigraph_keeps_parallel_kinds() -> None:
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_from_graph_inverts_to_graph(path: Path) -> None:
     spec = load_topology(path)
-    back = graph.from_graph(
-        graph.to_graph(spec),
+    back = graph_io.from_graph(
+        graph_io.to_graph(spec),
         dynamics=dataclasses.asdict(spec.dynamics),
         training=dataclasses.asdict(spec.training),
     )
@@ -92,7 +92,7 @@ def test_user_built_graph_exports_to_yaml() -> None:
     g.add_edge("high", "low", key="feedback", gain=0.05, feedback="random")
     g.add_edge("input", "high", kind="skip", gain=0.5)
     g.add_edge("high", "readout")
-    spec = graph.from_graph(g, training={"lr": 0.01})
+    spec = graph_io.from_graph(g, training={"lr": 0.01})
     assert spec.name == "handmade"
     assert spec.layer_names == ("low", "high")
     assert spec.edge("high", "low", "feedback").feedback == "random"
@@ -108,11 +108,11 @@ def test_from_graph_validates() -> None:
     g.add_node("readout", size=2)
     g.add_edge("h", "readout")
     with pytest.raises(TopologyError) as info:
-        graph.from_graph(g)
+        graph_io.from_graph(g)
     assert info.value.kind == "unreachable-readout"
     g.add_edge("input", "h", gain=-1.0)
     with pytest.raises(TopologyError) as info:
-        graph.from_graph(g)
+        graph_io.from_graph(g)
     assert info.value.kind == "gain" and info.value.field == "edges[0].gain"
 
 
@@ -207,12 +207,12 @@ def test_energy_scales_of_a_chain() -> None:
             for edge in _chain(3).edges
         ),
     )
-    scales = graph.energy_scales(spec)
+    scales = balance.energy_scales(spec)
     assert scales is not None
     assert scales["h1"] == 1.0
     assert math.isclose(scales["h2"], math.sqrt(0.1))
     assert math.isclose(scales["h3"], math.sqrt(0.1) * 0.5)
-    assert graph.is_balanced(spec)
+    assert balance.is_balanced(spec)
 
 
 def test_energy_balance_with_skips() -> None:
@@ -228,19 +228,19 @@ def test_energy_balance_with_skips() -> None:
     balanced = _spec(
         "h1 h2 h3", edges + ["source: h3, target: h1, kind: feedback, gain: 0.01"], "h3"
     )
-    assert graph.is_balanced(balanced)
+    assert balance.is_balanced(balanced)
     # The paper's residual nets scale every feedback by the same gain: no energy.
     unbalanced = _spec(
         "h1 h2 h3", edges + ["source: h3, target: h1, kind: feedback, gain: 0.1"], "h3"
     )
-    assert graph.energy_scales(unbalanced) is None
-    assert not graph.is_balanced(load_topology(TOPOLOGIES / "res_10x64.yaml"))
-    assert graph.is_balanced(load_topology(TOPOLOGIES / "chain_10x64.yaml"))
+    assert balance.energy_scales(unbalanced) is None
+    assert not balance.is_balanced(load_topology(TOPOLOGIES / "res_10x64.yaml"))
+    assert balance.is_balanced(load_topology(TOPOLOGIES / "chain_10x64.yaml"))
 
 
 def test_random_or_missing_feedback_has_no_energy() -> None:
-    assert not graph.is_balanced(load_topology(TOPOLOGIES / "agt_10x64.yaml"))
+    assert not balance.is_balanced(load_topology(TOPOLOGIES / "agt_10x64.yaml"))
     no_feedback = _spec("h1 h2", ["source: input, target: h1", "source: h1, target: h2"], "h2")
-    assert graph.energy_scales(no_feedback) is None
+    assert balance.energy_scales(no_feedback) is None
     single = _spec("h1", ["source: input, target: h1"], "h1")
-    assert graph.energy_scales(single) == {"h1": 1.0}
+    assert balance.energy_scales(single) == {"h1": 1.0}

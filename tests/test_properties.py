@@ -26,13 +26,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_energy import dense, dense_energy
-from topo_ep import graph
+from topo_ep import graph_io
+from topo_ep.balance import analyse_balance
 from topo_ep.compiler import CompiledNetwork, compile_topology
-from topo_ep.energy import Energy, analyse_balance, energy_trace, held_nudge_term
-from topo_ep.engine import make_schedule, relax
+from topo_ep.energy import Energy, energy_trace, held_nudge_term
+from topo_ep.engine import relax
 from topo_ep.errors import ERROR_KINDS, TopologyError
 from topo_ep.loader import dump_topology, loads_topology
-from topo_ep.spec import SCHEDULES
+from topo_ep.schedules import SCHEDULES
 from topo_ep.testing import (
     NetworkCase,
     inputs,
@@ -76,7 +77,7 @@ def test_energy_never_rises_under_colour_in_the_free_phase(case: NetworkCase, da
     net = case.build()
     x, _ = data.draw(inputs(case.spec, scale=2.0))
     drives = Energy(net).drives(x)
-    schedule = make_schedule(net, "colour")
+    schedule = net.schedule("colour")
     trace, _ = energy_trace(net, drives, schedule, 25)
     assert torch.isfinite(trace).all()
     assert _largest_relative_rise(trace) <= RISE_TOL
@@ -94,7 +95,7 @@ def test_energy_never_rises_under_colour_in_the_nudged_phase(case: NetworkCase, 
     net = case.build()
     x, y = data.draw(inputs(case.spec, scale=2.0))
     energy_of = Energy(net)
-    schedule = make_schedule(net, "colour")
+    schedule = net.schedule("colour")
     _, free = energy_trace(net, energy_of.drives(x), schedule, 40)
     nudge = data.draw(st.sampled_from([-1.0, 1.0])) * data.draw(st.floats(1e-3, 2.0))
     term = held_nudge_term(net, free, y, nudge)
@@ -194,7 +195,7 @@ def test_the_balance_verdict_is_confirmed_by_the_dense_operator(case: NetworkCas
 @given(networks(topologies()))
 def test_colour_groups_have_no_coupling_inside(case: NetworkCase) -> None:
     spec, net = case.spec, case.build()
-    groups = make_schedule(net, "colour")
+    groups = net.schedule("colour")
     assert sorted(k for group in groups for k in group) == list(range(len(spec.layers)))
     block = _blocks(spec, net)
     for group in groups:
@@ -241,10 +242,10 @@ def test_all_schedules_reach_the_same_fixed_point_on_contracting_networks(
     x, _ = data.draw(inputs(case.spec, scale=2.0))
     drives = net.input_drive(x)
     results = {}
-    for name in SCHEDULES:
+    for name in SCHEDULES.names():
         start = net.layout.zeros(x.shape[0], dtype=F64, device="cpu")
         with torch.no_grad():
-            state, stats = relax(net, start, drives, make_schedule(net, name), 3000, 1e-15, 1)
+            state, stats = relax(net, start, drives, net.schedule(name), 3000, 1e-15, 1)
         assert stats.converged, (name, stats)
         results[name] = torch.cat(state, dim=1)
     reference = results["synchronous"]
@@ -303,7 +304,8 @@ def test_spec_yaml_spec_round_trip(spec, data) -> None:
     assert spec_from_dict(item.to_dict()) == item
     plain = item.to_dict()
     assert (
-        graph.from_graph(graph.to_graph(item), None, plain["dynamics"], plain["training"]) == item
+        graph_io.from_graph(graph_io.to_graph(item), None, plain["dynamics"], plain["training"])
+        == item
     )
 
 

@@ -7,9 +7,10 @@ offsets it computes itself. Only the parameter VALUES come from the compiled net
 by edge key (``net.weight_of``), layer name (``net.biases``) or readout attribute. It then runs
 the paper's dynamics in float64 with fixed step counts:
 
-    free:    s <- rho(M s + B x + c)                    from s = 0, free_steps times
+    input:   x' = (x - mean) / std                      the topology's input constants
+    free:    s <- rho(M s + B x' + c)                   from s = 0, free_steps times
     readout: p = softmax(W_out s_top + b_out)
-    nudged:  s <- rho(M s + B x + c + nudge * e F)      from the free state, nudged_steps times,
+    nudged:  s <- rho(M s + B x' + c + nudge * e F)     from the free state, nudged_steps times,
              e = onehot(y) - p_free (held) or onehot(y) - p(s) (reread); F = W_out (tied) or
              the fixed random readout-feedback matrix, both (classes, top size)
 
@@ -282,11 +283,17 @@ def _assert_close(actual, expected, what: str, tol: float = TOL) -> None:
     assert diff <= tol, f"{what}: max |difference| {diff:.3g} > {tol:g}"
 
 
+def _standardised(spec: TopologySpec, x: torch.Tensor) -> torch.Tensor:
+    """x' = (x - mean) / std with the topology's declared input constants."""
+    return (x - spec.input.mean) / spec.input.std
+
+
 def _check_phases_and_gradients(spec: TopologySpec, method: EquilibriumPropagation) -> None:
     net = _compile(spec)
     ref = DenseReference(spec, net)
     x, y = _inputs(spec)
-    free, nudged, p_free, onehot = ref.phases(x, y, method)
+    seen = _standardised(spec, x)  # the network gets the raw x and prepares it itself
+    free, nudged, p_free, onehot = ref.phases(seen, y, method)
 
     phases = method.phases(net, x, y)
     assert phases.free_stats.steps == method.free_steps
@@ -301,7 +308,7 @@ def _check_phases_and_gradients(spec: TopologySpec, method: EquilibriumPropagati
         # non-trivial: the nudge moved the top layer
         assert (state[:, ref.top] - free[:, ref.top]).abs().max() > 1e-6
 
-    expected = expected_gradients(ref, x, free, nudged, p_free, onehot, method)
+    expected = expected_gradients(ref, seen, free, nudged, p_free, onehot, method)
     net.zero_grad(set_to_none=True)
     method.gradients(net, x, y)
     got: dict[str, torch.Tensor] = {}
@@ -379,7 +386,7 @@ def test_mixed_topology_operator_and_input_matrix():
     x, _ = _inputs(spec)
     drives = net.input_drive(x)
     for name, sl in ref.slices.items():
-        expected = x @ ref.B[sl].t() + ref.c[sl]
+        expected = _standardised(spec, x) @ ref.B[sl].t() + ref.c[sl]
         _assert_close(drives[net.layout.index(name)], expected, f"input drive of {name}")
 
 

@@ -10,9 +10,41 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from topo_ep.errors import TopoEpError
+from topo_ep.registry import Registry
+
+
+class _RegistryNames:
+    """The names of a registry as argparse ``choices``, loaded on first use.
+
+    The learning methods import torch, so the parser reads their registry only when a method
+    option is checked or help is printed (every option using it names a ``metavar``, which
+    keeps argparse from listing the choices while it builds the parser): ``topo-ep validate``
+    stays fast.
+    """
+
+    def __init__(self, load: Callable[[], Registry]) -> None:
+        self._load = load
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._load()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load().names())
+
+
+def _methods() -> Registry:
+    from topo_ep.learn import METHODS
+
+    return METHODS
+
+
+def _schedules() -> Registry:
+    from topo_ep.schedules import SCHEDULES
+
+    return SCHEDULES
 
 
 def _add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +76,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     spec = load_topology(args.file, overrides=args.overrides)
     net = compile_topology(spec, seed=args.seed)
     print(net.describe())
-    from topo_ep.graph import analyse_balance
-
-    balance = analyse_balance(spec)
+    balance = net.balance
     if balance.balanced and balance.scales is not None:
         scales = ", ".join(f"{name} {value:.4g}" for name, value in balance.scales.items())
         print(f"energy: yes; {balance.reason.removeprefix('balanced: ')}; scales c_k: {scales}")
@@ -238,7 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     _add_data_options(p)
     p.add_argument("--epochs", type=int, default=None, help="default: training.epochs")
-    p.add_argument("--method", choices=("ep", "bp", "bptt", "implicit"), default="ep")
+    p.add_argument(
+        "--method",
+        choices=_RegistryNames(_methods),
+        default="ep",
+        metavar="METHOD",
+        help="learning method: %(choices)s (default: ep)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -287,7 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="divide each edge's update by its predicted factor (needs an energy)",
     )
-    p.add_argument("--schedule", default=None, help="relaxation schedule (the topology's)")
+    p.add_argument(
+        "--schedule",
+        choices=_RegistryNames(_schedules),
+        default=None,
+        metavar="SCHEDULE",
+        help="relaxation schedule: %(choices)s (default: the topology's)",
+    )
     p.add_argument("--max-steps", type=int, default=20000, help="step limit per phase")
     p.add_argument(
         "--checkpoint",
@@ -323,8 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the checkpoint's, else float32")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="weights of a fresh network (0)")
     p.add_argument("--batch", type=int, default=64, help="test examples analysed (64)")
-    p.add_argument("--schedule", action="append", default=None,
-                   help="schedule to analyse (repeatable; default: every schedule)")  # fmt: skip
+    p.add_argument("--schedule", action="append", default=None, metavar="SCHEDULE",
+                   choices=_RegistryNames(_schedules),
+                   help="schedule to analyse: %(choices)s (repeatable; default: all)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=1000, help="convergence step limit (1000)")
     p.add_argument("--out", default="runs/analysis", help="output folder (runs/analysis)")
     _add_set_option(p)
@@ -346,7 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use at most N training examples")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--batch", type=int, default=64, help="test examples analysed (64)")
-    p.add_argument("--schedule", default=None, help="schedule analysed (the topology's)")
+    p.add_argument(
+        "--schedule",
+        choices=_RegistryNames(_schedules),
+        default=None,
+        metavar="SCHEDULE",
+        help="schedule analysed: %(choices)s (default: the topology's)",
+    )
     p.add_argument("--max-steps", type=int, default=1000, help="convergence step limit (1000)")
     p.add_argument("--out", default="runs/sweep", help="output folder (runs/sweep)")
     _add_set_option(p)

@@ -17,14 +17,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
 
 from topo_ep.activations import Activation, get_activation
+from topo_ep.balance import Balance, analyse_balance, require_gain_factors
 from topo_ep.blocks import Block, DenseBlock, TransposeBlock
 from topo_ep.graph import feedforward_order
 from topo_ep.layout import Layout
+from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
+from topo_ep.schedules import SCHEDULES
 from topo_ep.spec import INPUT, EdgeSpec, TopologySpec
 
 
@@ -68,6 +72,10 @@ def _initial_weight(edge: EdgeSpec, rows: int, cols: int, generator: torch.Gener
     return glorot_uniform(rows, cols, generator)
 
 
+#: Ordered groups of layer indices: the form of a schedule the engine runs.
+Schedule = tuple[tuple[int, ...], ...]
+
+
 def _tensor_name(edge: EdgeSpec) -> str:
     return edge.key.replace(".", "_")
 
@@ -104,6 +112,7 @@ class CompiledNetwork(nn.Module):
             self.layout.index(name) for name in feedforward_order(spec)
         )
         self.top = self.layout.index(spec.readout.source)
+        self._schedules: dict[str, Schedule] = {}
         generator = torch.Generator().manual_seed(int(seed))
 
         self.weights = nn.ParameterDict()
@@ -211,16 +220,76 @@ class CompiledNetwork(nn.Module):
             return self.weight_of(binding.tied_to)
         return self._weight(binding.tensor)
 
+    def schedule(self, name: str) -> Schedule:
+        """The groups of layer indices of the schedule ``name`` (:data:`topo_ep.schedules.
+        SCHEDULES`), built on first use and kept: the engine never rebuilds one per phase.
+
+        Raises
+        ------
+        topo_ep.registry.UnknownNameError
+            For a name no schedule carries (a ``ValueError`` too).
+        """
+        groups = self._schedules.get(name)
+        if groups is None:
+            names = SCHEDULES.get(name)(self.spec)
+            groups = tuple(tuple(self.layout.index(layer) for layer in group) for group in names)
+            self._schedules[name] = groups
+        return groups
+
+    @cached_property
+    def balance(self) -> Balance:
+        """The energy balance of the topology (:func:`topo_ep.balance.analyse_balance`),
+        analysed once per compiled network."""
+        return analyse_balance(self.spec)
+
+    @cached_property
+    def gain_factors(self) -> dict[str, float]:
+        """c_top^2 / c_j^2 per hidden layer (:func:`topo_ep.balance.gain_factors`), computed
+        once; a :class:`~topo_ep.errors.TopoEpError` says why when there is no energy."""
+        return require_gain_factors(self.spec)
+
     def learned_bindings(self) -> list[EdgeBinding]:
         """Bindings of the edges that own a learned weight, in declaration order."""
         return [b for b in self.bindings.values() if b.tensor is not None and b.learned]
+
+    def learned_tensors(self) -> dict[ParamKey, Tensor]:
+        """Every learned tensor by its :class:`~topo_ep.params.ParamKey`: edge weights in
+        declaration order, hidden biases, the readout weight and its bias."""
+        out: dict[ParamKey, Tensor] = {
+            ParamKey.edge(b.edge): self.weights[b.tensor] for b in self.learned_bindings()
+        }
+        out.update({ParamKey.bias(name): bias for name, bias in self.biases.items()})
+        out[READOUT_WEIGHT] = self.readout_weight
+        if self.readout_bias is not None:
+            out[READOUT_BIAS] = self.readout_bias
+        return out
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ operator
-    def input_drive(self, x: Tensor) -> list[Tensor]:
-        """Per-layer constant drive: sum of g W x over input edges plus the bias, (batch, n_k)."""
+    def prepare_input(self, x: Tensor) -> Tensor:
+        """What the network sees of a raw batch: x' = (x - mean) / std, in its dtype and device.
+
+        The constants are the topology's ``input`` (:class:`~topo_ep.spec.InputSpec`); with the
+        defaults (0, 1) only the dtype and device change. Every path from data to the network
+        goes through here: the input drive, EP's input-edge updates, every learner, evaluation
+        and the analyses.
+        """
+        x = x.to(device=self.device, dtype=self.dtype)
+        declared = self.spec.input
+        if declared.standardised:
+            x = (x - declared.mean) / declared.std
+        return x
+
+    def input_drive(self, x: Tensor, *, prepared: bool = False) -> list[Tensor]:
+        """Per-layer constant drive: sum of g W x' over input edges plus the bias, (batch, n_k).
+
+        ``x`` is a raw batch, prepared here (:meth:`prepare_input`), or the prepared batch
+        itself when ``prepared``.
+        """
+        if not prepared:
+            x = self.prepare_input(x)
         drives = []
         for k, size in enumerate(self.layout.sizes):
             name = self.layout.names[k]

@@ -35,7 +35,7 @@ import math
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -460,22 +460,6 @@ def read_idx_labels(path: str | os.PathLike[str]) -> np.ndarray:
         For an unreadable, corrupt or truncated file; the message names it.
     """
     return _parse_idx(Path(path), IDX_LABELS_MAGIC).astype(np.int64)
-
-
-def standardize_split(split: Split, mean: float, std: float) -> Split:
-    """The split with every feature mapped to x' = (x - mean) / std (the topology's ``input``
-    constants); the split itself when mean = 0 and std = 1."""
-    if (mean, std) == (0.0, 1.0):
-        return split
-    return Split((split.x - mean) / std, split.y)
-
-
-def standardize(dataset: Dataset, mean: float, std: float) -> Dataset:
-    """The dataset with :func:`standardize_split` applied to each of its splits."""
-    train, val, test = (
-        standardize_split(split, mean, std) for split in (dataset.train, dataset.val, dataset.test)
-    )
-    return replace(dataset, train=train, val=val, test=test)
 
 
 def check_compatible(

@@ -38,17 +38,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import Schedule, step
+from topo_ep.balance import Balance
+from topo_ep.compiler import CompiledNetwork, Schedule
+from topo_ep.engine import step
 from topo_ep.errors import TopoEpError
-from topo_ep.graph import Balance, analyse_balance
 
 __all__ = [
-    "Balance",
     "Energy",
     "EnergyTerms",
     "NoEnergyError",
-    "analyse_balance",
     "energy",
     "energy_trace",
     "held_nudge_term",
@@ -118,7 +116,7 @@ class Energy:
     """
 
     def __init__(self, net: CompiledNetwork, balance: Balance | None = None) -> None:
-        balance = analyse_balance(net.spec) if balance is None else balance
+        balance = net.balance if balance is None else balance
         if not balance.balanced or balance.scales is None:
             raise NoEnergyError(balance)
         self.net = net
@@ -244,7 +242,8 @@ def energy_trace(
     drives
         d_k per layer (:meth:`Energy.drives`), nudge term included for a nudged phase.
     schedule
-        Groups of layer indices (:func:`topo_ep.engine.make_schedule`, or any grouping).
+        Groups of layer indices (:meth:`~topo_ep.compiler.CompiledNetwork.schedule`, or any
+        grouping).
     steps
         Number of steps.
     start

@@ -1,14 +1,14 @@
 """Relaxation engine: iterate s <- rho(M s + drive) to a fixed point.
 
-A schedule is an ordered tuple of groups of layers. One step updates the groups in turn; the
-layers of one group are updated together from the current state:
+A schedule (:mod:`topo_ep.schedules`) is an ordered tuple of groups of layers, built once per
+compiled network (:meth:`CompiledNetwork.schedule`). One step updates the groups in turn; the
+layers of one group are updated together from the current state.
 
-- ``synchronous`` (the paper): one group with every layer, all computed from the previous state;
-- ``sweep``: one group per layer in feedforward order, each using the newest state before it;
-- ``colour``: the groups of a proper colouring of the layer graph (no edge inside a group).
-
-Every solver has one signature, as in torchdeq:
-``relax(net, state, drives, schedule, max_steps, tolerance, check_every) -> (state, PhaseStats)``.
+Every iteration runs through one solver with one signature, as in torchdeq:
+``solve(step_fn, start, max_steps, tolerance, check_every) -> (state, PhaseStats)``.
+:func:`relax` is that solver over the network's :func:`step`, :func:`free_phase` is
+:func:`relax` from zero; the adjoint solve (:mod:`topo_ep.learn.implicit`) and the analyses'
+trajectories call :func:`solve` with their own step.
 
 The residual r_t = ||s_t - s_{t-1}||_rms / max(||s_t||_rms, 1) is read on the host only every
 ``check_every`` steps (one device sync per check), which keeps the loop free of host syncs on GPU.
@@ -23,14 +23,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from topo_ep.compiler import CompiledNetwork
+from topo_ep.compiler import CompiledNetwork, Schedule
 from topo_ep.errors import DivergenceError
-from topo_ep.graph import update_groups
-from topo_ep.spec import SCHEDULES
 
-Schedule = tuple[tuple[int, ...], ...]
 #: Extra drive that depends on the state (e.g. an error re-read every step): state -> {k: term}.
 StateDrive = Callable[[list[Tensor]], dict[int, Tensor]]
+#: A residual read on the host: (z_t, z_{t-1}) -> float.
+Residual = Callable[[list[Tensor], list[Tensor]], float]
+#: Called after every step with (t, z_t, z_{t-1}); True stops the solve.
+Observer = Callable[[int, list[Tensor], list[Tensor]], bool]
 
 
 @dataclass(frozen=True)
@@ -50,27 +51,6 @@ class PhaseStats:
     steps: int
     residual: float
     converged: bool
-
-
-def make_schedule(net: CompiledNetwork, name: str) -> Schedule:
-    """Groups of layer indices for the schedule called ``name``.
-
-    ``colour`` groups the layers by a proper colouring of the layer graph
-    (:func:`topo_ep.graph.update_groups`): no edge joins two layers of one group, so on a
-    balanced topology each group update minimises the energy exactly (:mod:`topo_ep.energy`);
-    otherwise it is block Gauss-Seidel with a correct grouping.
-    """
-    if name == "synchronous":
-        return (tuple(range(len(net.layout.names))),)
-    if name == "sweep":
-        return tuple((k,) for k in net.order)
-    if name == "colour":
-        return tuple(
-            tuple(net.layout.index(layer) for layer in group) for group in update_groups(net.spec)
-        )
-    raise ValueError(
-        f"unknown schedule {name!r}; expected one of {', '.join(repr(s) for s in SCHEDULES)}"
-    )
 
 
 def effective_tolerance(tolerance: float, dtype: torch.dtype) -> float:
@@ -111,39 +91,111 @@ def _residual(new: list[Tensor], old: list[Tensor]) -> Tensor:
     return torch.sqrt(diff / count) / torch.clamp(torch.sqrt(norm / count), min=1.0)
 
 
+def state_residual(new: list[Tensor], old: list[Tensor]) -> float:
+    """The engine's residual read on the host (one sync): :func:`_residual` as a float."""
+    return float(_residual(new, old).detach())
+
+
+def solve(
+    step_fn: Callable[[list[Tensor]], list[Tensor]],
+    start: list[Tensor],
+    max_steps: int,
+    tolerance: float = 0.0,
+    check_every: int = 5,
+    *,
+    residual: Residual | None = state_residual,
+    diverged: Callable[[int], str] | None = None,
+    observe: Observer | None = None,
+) -> tuple[list[Tensor], PhaseStats]:
+    """The one fixed-point iteration of topo-ep: z_{t+1} = step_fn(z_t) from ``start``.
+
+    As in torchdeq, every solve has this signature, whatever the step: the free and nudged
+    phases (:func:`relax`), the adjoint solve of implicit differentiation and the analyses'
+    trajectories all call it.
+
+    Parameters
+    ----------
+    step_fn
+        One step; returns a new list (the input is not modified).
+    start
+        z_0, one tensor per layer.
+    max_steps
+        Step limit (the number of steps exactly when ``tolerance`` is 0).
+    tolerance, check_every
+        Every ``check_every`` steps, and after the last, ``residual(z_t, z_{t-1})`` is read on
+        the host; the solve stops once it is below :func:`effective_tolerance` (of the dtype of
+        ``start``). A tolerance of 0 reads it only after the last step.
+    residual
+        The residual as a host float; ``None`` reads none (nor checks finiteness).
+    diverged
+        Message for a non-finite residual at step t (raised as :class:`DivergenceError`).
+    observe
+        Called after every step as ``observe(t, z_t, z_{t-1})``; returning ``True`` stops the
+        solve (unconverged) at that step.
+    """
+    tol = effective_tolerance(tolerance, start[0].dtype) if start else 0.0
+    check_every = max(1, int(check_every))
+    value = math.nan
+    state = start
+    for t in range(1, max_steps + 1):
+        previous = state
+        state = step_fn(state)
+        if observe is not None and observe(t, state, previous):
+            return state, PhaseStats(t, value, False)
+        if residual is None or not (t == max_steps or (tol > 0 and t % check_every == 0)):
+            continue
+        value = residual(state, previous)
+        if not math.isfinite(value):
+            message = diverged(t) if diverged is not None else f"non-finite at step {t}"
+            raise DivergenceError(message)
+        if tol > 0 and value < tol:
+            return state, PhaseStats(t, value, True)
+    return state, PhaseStats(max(0, max_steps), value, False)
+
+
 def relax(
     net: CompiledNetwork,
     state: list[Tensor],
     drives: Sequence[Tensor],
-    schedule: Schedule,
+    schedule: Schedule | str,
     max_steps: int,
     tolerance: float = 0.0,
     check_every: int = 5,
     state_drive: StateDrive | None = None,
 ) -> tuple[list[Tensor], PhaseStats]:
-    """Relax from ``state`` for at most ``max_steps`` steps.
+    """Relax the network from ``state`` for at most ``max_steps`` steps of ``schedule``.
 
-    Iterates s_{t+1} = step(s_t). Every ``check_every`` steps (and after the last) the residual
-    is read on the host; the phase stops once it is below
-    :func:`effective_tolerance`. Non-finite states raise :class:`DivergenceError` with the
-    operator's spectral radius and the gains.
+    :func:`solve` over :func:`step`: s_{t+1} = step(s_t), residual :func:`_residual`.
+    Non-finite states raise :class:`DivergenceError` with the operator's spectral radius and
+    the gains. ``schedule`` is a name (:meth:`CompiledNetwork.schedule`) or its groups.
     """
-    tol = effective_tolerance(tolerance, net.dtype)
-    check_every = max(1, int(check_every))
-    residual = math.nan
-    steps = 0
-    for t in range(1, max_steps + 1):
-        check = t == max_steps or (tol > 0 and t % check_every == 0)
-        previous = state
-        state = step(net, state, drives, schedule, state_drive)
-        steps = t
-        if check:
-            residual = float(_residual(state, previous).detach())
-            if not math.isfinite(residual):
-                raise DivergenceError(divergence_message(net, t))
-            if tol > 0 and residual < tol:
-                return state, PhaseStats(steps, residual, True)
-    return state, PhaseStats(steps, residual, False)
+    groups = net.schedule(schedule) if isinstance(schedule, str) else schedule
+    return solve(
+        lambda current: step(net, current, drives, groups, state_drive),
+        state,
+        max_steps,
+        tolerance,
+        check_every,
+        diverged=lambda t: divergence_message(net, t),
+    )
+
+
+def free_phase(
+    net: CompiledNetwork,
+    drives: Sequence[Tensor],
+    schedule: Schedule | str,
+    max_steps: int,
+    tolerance: float = 0.0,
+    check_every: int = 5,
+) -> tuple[list[Tensor], PhaseStats]:
+    """The free phase: relax from s = 0 with the input clamped and no nudge.
+
+    ``drives`` is :meth:`CompiledNetwork.input_drive` of the batch; the start state has its
+    batch size, dtype and device. Every learner and analysis starts its free phase here.
+    """
+    first = drives[0]
+    start = net.layout.zeros(first.shape[0], dtype=first.dtype, device=first.device)
+    return relax(net, start, drives, schedule, max_steps, tolerance, check_every)
 
 
 def divergence_message(net: CompiledNetwork, step_index: int) -> str:

@@ -9,9 +9,9 @@ import torch
 
 from topo_ep.checkpoint import load_checkpoint
 from topo_ep.compiler import compile_topology
-from topo_ep.data import check_compatible, load_dataset, standardize
+from topo_ep.data import check_compatible, load_dataset
 from topo_ep.errors import CheckpointError
-from topo_ep.learn.base import make_method
+from topo_ep.learn import make_method
 from topo_ep.train import DTYPES, dataset_on, evaluate_split, resolve_device
 from topo_ep.validate import spec_from_dict
 
@@ -59,7 +59,7 @@ def evaluate_checkpoint(
         raise CheckpointError(f"{path}: weights do not fit the stored topology ({exc})") from exc
     data = load_dataset(dataset_name, data_dir or settings.get("data_dir"))
     check_compatible(data, spec.input.size, spec.readout.size, None)
-    data = dataset_on(standardize(data, spec.input.mean, spec.input.std), target)
+    data = dataset_on(data, target)
     method = make_method(payload["method"], spec)
     val_loss, val_acc = evaluate_split(method, net, data.val, batch_size)
     test_loss, test_acc = evaluate_split(method, net, data.test, batch_size)

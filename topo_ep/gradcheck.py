@@ -45,11 +45,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from topo_ep.balance import gain_factors, no_energy_reason
 from topo_ep.compiler import CompiledNetwork, compile_topology
-from topo_ep.engine import effective_tolerance, make_schedule
-from topo_ep.errors import TopoEpError
-from topo_ep.learn.base import READOUT_BIAS, READOUT_WEIGHT, learned_tensors
-from topo_ep.learn.ep import EquilibriumPropagation, gain_factors, no_energy_reason
+from topo_ep.engine import effective_tolerance
+from topo_ep.learn.ep import EPPhases, EquilibriumPropagation
 from topo_ep.learn.implicit import implicit_gradients
 from topo_ep.spec import ERROR_MODES, NUDGINGS, RULES, TopologySpec
 
@@ -269,7 +268,7 @@ def sign_agreement(a: Tensor, b: Tensor) -> float:
 
 
 def ep_signals(
-    net: CompiledNetwork, method: EquilibriumPropagation, x: Tensor, y: Tensor
+    net: CompiledNetwork, method: EquilibriumPropagation, phases: EPPhases
 ) -> dict[str, float]:
     """Per hidden layer j, ||a_j - b_j|| / ||s_j^0||: how far the nudge moved the layer.
 
@@ -277,7 +276,6 @@ def ep_signals(
     nudged and the free state) and s^0 the free state. ``inf`` where s_j^0 = 0 and the layer
     moved, 0 where neither.
     """
-    phases = method.phases(net, x, y)
     plus = phases.nudged[0]
     minus = phases.nudged[1] if method.nudging == "symmetric" else phases.free
     out = {}
@@ -324,7 +322,7 @@ def check_gradients(
         What to check (defaults: symmetric contrast EP, nudge 1e-3, float64, batch 16).
     net
         A compiled network of ``spec`` to check instead of a fresh one (compiled with
-        ``settings.seed``); its ``.grad`` fields are overwritten.
+        ``settings.seed``); its ``.grad`` fields are left alone.
     data
         ``(x, y)`` to use instead of the seeded batch of :func:`check_batch`.
 
@@ -343,10 +341,7 @@ def check_gradients(
     x = x.to(device=net.device, dtype=dtype)
     y = y.to(net.device)
     schedule = s.schedule or spec.dynamics.schedule
-    try:
-        make_schedule(net, schedule)
-    except ValueError as exc:
-        raise TopoEpError(str(exc)) from exc
+    net.schedule(schedule)  # an unknown name is a TopoEpError that lists the valid ones
     tolerance = effective_tolerance(1e-300 if s.tolerance is None else s.tolerance, dtype)
     method = EquilibriumPropagation(
         nudge=s.nudge,
@@ -360,12 +355,9 @@ def check_gradients(
         check_every=s.check_every,
         gain_compensated=s.gain_compensated,
     )
-    tensors = learned_tensors(net)
-    for tensor in tensors.values():
-        tensor.grad = None
-    ep_result = method.gradients(net, x, y)
-    ep = {key: tensor.grad.detach().clone() for key, tensor in tensors.items()}
-    signals = ep_signals(net, method, x, y)
+    estimate = method.estimate(net, x, y)
+    ep_result, ep = estimate.result, estimate.grads
+    signals = ep_signals(net, method, estimate.phases)
     truth = implicit_gradients(
         net,
         x,
@@ -377,15 +369,11 @@ def check_gradients(
     )
     factors, note = predicted_ratios(spec)
     rows = []
-    for key in tensors:
-        if key in (READOUT_WEIGHT, READOUT_BIAS):
-            target, predicted = "readout", 1.0
-        elif key.startswith("bias:"):
-            target = key[5:]
-            predicted = None if factors is None else factors[target]
-        else:
-            target = next(b.edge.target for b in net.learned_bindings() if b.tensor == key)
-            predicted = None if factors is None else factors[target]
+    for key in net.learned_tensors():
+        target = key.target
+        predicted = 1.0 if key.is_readout or factors is None else factors[target]
+        if factors is None and not key.is_readout:
+            predicted = None
         if s.gain_compensated and predicted is not None:
             predicted = 1.0
         if note is not None and target != "readout":
@@ -395,7 +383,7 @@ def check_gradients(
         ep_norm, true_norm = float(a.norm()), float(b.norm())
         rows.append(
             EdgeCheck(
-                name=_row_name(net, key),
+                name=str(key),
                 target=target,
                 one_minus_cos=angle,
                 norm_ratio=ep_norm / true_norm if true_norm > 0 else math.nan,
@@ -422,11 +410,3 @@ def check_gradients(
         converged=converged,
         batch=int(x.shape[0]),
     )
-
-
-def _row_name(net: CompiledNetwork, key: str) -> str:
-    """The edge key for a weight tensor (tensor names replace '.' in layer names)."""
-    for binding in net.learned_bindings():
-        if binding.tensor == key:
-            return binding.edge.key
-    return key

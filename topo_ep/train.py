@@ -31,9 +31,9 @@ import yaml
 from topo_ep import __version__
 from topo_ep.checkpoint import load_checkpoint, save_atomic
 from topo_ep.compiler import CompiledNetwork, compile_topology
-from topo_ep.data import Dataset, Split, iterate_batches, standardize
+from topo_ep.data import Dataset, Split, iterate_batches
 from topo_ep.errors import CheckpointError, TopoEpError
-from topo_ep.learn.base import Method, make_method
+from topo_ep.learn import Method, make_method
 from topo_ep.spec import TopologySpec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -186,9 +186,7 @@ class Trainer:
         self.log = log
         self.device = resolve_device(settings.device)
         self.dtype = DTYPES[settings.dtype]
-        self.dataset = dataset_on(
-            standardize(dataset, spec.input.mean, spec.input.std), self.device
-        )
+        self.dataset = dataset_on(dataset, self.device)
         torch.manual_seed(settings.seed)
         self.net = compile_topology(spec, seed=settings.seed, dtype=self.dtype, device=self.device)
         self.method = make_method(settings.method, spec)

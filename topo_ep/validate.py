@@ -1,25 +1,24 @@
-"""Validation of plain topology data into a :class:`~topo_ep.spec.TopologySpec`.
+"""The topology schema: plain topology data into a :class:`~topo_ep.spec.TopologySpec`.
 
 :func:`spec_from_dict` checks every field (types, unknown and missing keys, ranges, allowed
 values) and the graph as a whole (edges to declared layers, tied feedback partners, identity
 sizes, acyclic forward part, a readout reachable from the input). The first problem found raises
 a :class:`~topo_ep.errors.TopologyError` that names the field as a dotted path
-(``edges[2].gain``) and points at the YAML node it came from.
-
-:class:`FieldChecker` holds the typed accessors; :mod:`topo_ep.generate` uses it as well.
+(``edges[2].gain``) and points at the YAML node it came from. Field access is
+:class:`topo_ep.fields.FieldChecker`; a ``generate:`` block is expanded before this, on the load
+path (:func:`topo_ep.overrides.apply_overrides`).
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
-import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from topo_ep import graph
-from topo_ep.errors import Location, TopologyError
+from topo_ep.errors import Location
+from topo_ep.fields import FieldChecker, show_value, suggest
+from topo_ep.schedules import SCHEDULES
 from topo_ep.spec import (
     ACTIVATIONS,
     EDGE_KINDS,
@@ -31,7 +30,6 @@ from topo_ep.spec import (
     NUDGINGS,
     OPTIMIZERS,
     RULES,
-    SCHEDULES,
     DynamicsSpec,
     EdgeSpec,
     InputSpec,
@@ -40,18 +38,13 @@ from topo_ep.spec import (
     TopologySpec,
     TrainingSpec,
 )
-from topo_ep.yaml_source import KEY_MARK, dotted_path
 
-#: Largest layer, input or readout size accepted.
-MAX_SIZE = 1_000_000
 #: Largest step count (free_steps, nudged_steps, check_every) accepted.
 MAX_STEPS = 10_000_000
 #: Largest epoch count accepted.
 MAX_EPOCHS = 1_000_000
-#: Name reserved for the readout node in :func:`topo_ep.graph.to_graph`.
-READOUT = "readout"
-#: Layer names: a letter or underscore, then letters, digits, ``_`` or ``-``.
-NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")
+#: Name reserved for the readout node in :func:`topo_ep.graph_io.to_graph`.
+READOUT = graph.READOUT
 
 TOP_KEYS = (
     "name",
@@ -84,203 +77,9 @@ TRAINING_KEYS = (
     "gain_compensated",
 )
 
-_REQUIRED = object()
 
-
-def suggest(word: str, options: Sequence[str]) -> str:
-    """`` (did you mean 'x'?)`` for the nearest option, or an empty string."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "mapping"
-    if isinstance(value, (list, tuple)):
-        return "list"
-    return type(value).__name__
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (Mapping, list, tuple)):
-        return _type_name(value)
-    text = repr(value)
-    text = text if len(text) <= 40 else text[:37] + "..."
-    return f"{_type_name(value)} {text}"
-
-
-class FieldChecker:
-    """Typed access to plain data whose errors point at the YAML node of each field.
-
-    Parameters
-    ----------
-    positions
-        Path tuple -> :class:`Location`, as returned by :func:`topo_ep.yaml_source.parse_yaml`.
-    filename
-        Used when no position is known.
-    """
-
-    def __init__(self, positions: Mapping[tuple, Location] | None, filename: str) -> None:
-        self.positions = positions or {}
-        self.filename = filename
-
-    def location(self, path: tuple, key: bool = False) -> Location:
-        """Location of ``path`` (of its key if ``key``), else of its nearest known ancestor."""
-        if key and path + (KEY_MARK,) in self.positions:
-            return self.positions[path + (KEY_MARK,)]
-        for end in range(len(path), -1, -1):
-            found = self.positions.get(path[:end])
-            if found is not None:
-                return found
-        return Location(self.filename)
-
-    def error(self, kind: str, message: str, path: tuple, key: bool = False) -> TopologyError:
-        """A :class:`TopologyError` about the field at ``path``."""
-        return TopologyError(kind, message, self.location(path, key), dotted_path(path))
-
-    def missing(self, path: tuple, key: str) -> TopologyError:
-        """A ``missing-key`` error about the mapping at ``path``."""
-        where = "" if path else " at the top level"
-        return self.error("missing-key", f"the required key '{key}' is missing{where}", path)
-
-    # -- containers -------------------------------------------------------------------------
-
-    def mapping(
-        self,
-        value: Any,
-        path: tuple,
-        allowed: Sequence[str],
-        required: Sequence[str] = (),
-        what: str = "mapping",
-    ) -> dict[str, Any]:
-        """Check that ``value`` is a mapping with only ``allowed`` keys and all ``required``."""
-        if not isinstance(value, Mapping):
-            raise self.error(
-                "type",
-                f"expected a {what} with keys {', '.join(allowed)}; got {_show(value)}",
-                path,
-            )
-        for key in value:
-            if not isinstance(key, str):
-                raise self.error("type", f"keys must be strings, got {_show(key)}", path)
-            if key not in allowed:
-                hint = suggest(key, allowed) or f"; valid keys: {', '.join(allowed)}"
-                where = dotted_path(path) or "the top level"
-                raise self.error(
-                    "unknown-key", f"unknown key '{key}' in {where}{hint}", path + (key,), True
-                )
-        for key in required:
-            if key not in value:
-                raise self.missing(path, key)
-        return dict(value)
-
-    def sequence(self, value: Any, path: tuple, what: str) -> list[Any]:
-        """Check that ``value`` is a list of ``what``."""
-        if not isinstance(value, (list, tuple)):
-            raise self.error("type", f"expected a list of {what}; got {_show(value)}", path)
-        return list(value)
-
-    def get(
-        self,
-        data: Mapping[str, Any],
-        path: tuple,
-        key: str,
-        check: Callable[[Any, tuple], Any],
-        default: Any = _REQUIRED,
-    ) -> Any:
-        """``check(data[key])``, or ``default`` when the key is absent (required if none)."""
-        if key not in data:
-            if default is _REQUIRED:
-                raise self.missing(path, key)
-            return default
-        return check(data[key], path + (key,))
-
-    # -- scalars ----------------------------------------------------------------------------
-
-    def integer(self, value: Any, path: tuple, low: int = 1, high: int = MAX_SIZE) -> int:
-        """An int (not a bool) in ``[low, high]``; out of range is ``absurd-number``."""
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error("type", f"expected an integer; got {_show(value)}", path)
-        if not low <= value <= high:
-            raise self.error(
-                "absurd-number", f"{value} is out of range; expected {low} to {high}", path
-            )
-        return int(value)
-
-    def number(
-        self,
-        value: Any,
-        path: tuple,
-        minimum: float | None = None,
-        positive: bool = False,
-        kind: str = "absurd-number",
-    ) -> float:
-        """A finite float (an int is accepted); ``positive`` means > 0, ``minimum`` >= it."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error("type", f"expected a number; got {_show(value)}", path)
-        value = float(value)
-        if not math.isfinite(value):
-            raise self.error(kind, f"{value} is not a finite number", path)
-        if positive and value <= 0:
-            raise self.error(kind, f"{value} must be greater than 0", path)
-        if minimum is not None and value < minimum:
-            raise self.error(kind, f"{value} must be at least {minimum:g}", path)
-        return value
-
-    def boolean(self, value: Any, path: tuple) -> bool:
-        """A boolean (``true``/``false``)."""
-        if not isinstance(value, bool):
-            raise self.error("type", f"expected true or false; got {_show(value)}", path)
-        return value
-
-    def string(self, value: Any, path: tuple, empty: bool = False) -> str:
-        """A string, non-empty unless ``empty``."""
-        if not isinstance(value, str):
-            raise self.error("type", f"expected a string; got {_show(value)}", path)
-        if not empty and not value.strip():
-            raise self.error("invalid-value", "must not be empty", path)
-        return value
-
-    def choice(self, value: Any, path: tuple, options: Sequence[str]) -> str:
-        """One of ``options``."""
-        if not isinstance(value, str):
-            raise self.error(
-                "type", f"expected one of {', '.join(options)}; got {_show(value)}", path
-            )
-        if value not in options:
-            raise self.error(
-                "invalid-value",
-                f"'{value}' is not allowed; expected one of {', '.join(options)}"
-                f"{suggest(value, options)}",
-                path,
-            )
-        return value
-
-    def name(self, value: Any, path: tuple) -> str:
-        """A layer name: matches :data:`NAME_PATTERN`."""
-        value = self.string(value, path)
-        if not NAME_PATTERN.match(value):
-            raise self.error(
-                "invalid-value",
-                f"layer name {value!r} must start with a letter or '_' and contain only "
-                "letters, digits, '_' and '-'",
-                path,
-            )
-        return value
-
-    def size(self, value: Any, path: tuple, low: int = 1) -> int:
-        """A size in ``[low, MAX_SIZE]``."""
-        return self.integer(value, path, low, MAX_SIZE)
+def _enum(check: FieldChecker, options: Sequence[str]) -> Callable[[Any, tuple], str]:
+    return lambda v, p: check.choice(v, p, options)
 
 
 def _steps(check: FieldChecker) -> Callable[[Any, tuple], int]:
@@ -469,7 +268,7 @@ def _dynamics(check: FieldChecker, value: Any) -> DynamicsSpec:
     steps = _steps(check)
     return DynamicsSpec(
         schedule=check.get(
-            data, path, "schedule", lambda v, p: check.choice(v, p, SCHEDULES), default.schedule
+            data, path, "schedule", _enum(check, SCHEDULES.names()), default.schedule
         ),
         free_steps=check.get(data, path, "free_steps", steps, default.free_steps),
         nudged_steps=check.get(data, path, "nudged_steps", steps, default.nudged_steps),
@@ -485,20 +284,19 @@ def _training(check: FieldChecker, value: Any) -> TrainingSpec:
     data = check.mapping(value, path, TRAINING_KEYS, (), "training mapping")
     default = TrainingSpec()
 
-    def enum(options: Sequence[str]) -> Callable[[Any, tuple], str]:
-        return lambda v, p: check.choice(v, p, options)
-
     def positive(v: Any, p: tuple) -> float:
         return check.number(v, p, positive=True)
 
     return TrainingSpec(
         nudge=check.get(data, path, "nudge", positive, default.nudge),
-        nudging=check.get(data, path, "nudging", enum(NUDGINGS), default.nudging),
-        rule=check.get(data, path, "rule", enum(RULES), default.rule),
-        error=check.get(data, path, "error", enum(ERROR_MODES), default.error),
-        optimizer=check.get(data, path, "optimizer", enum(OPTIMIZERS), default.optimizer),
+        nudging=check.get(data, path, "nudging", _enum(check, NUDGINGS), default.nudging),
+        rule=check.get(data, path, "rule", _enum(check, RULES), default.rule),
+        error=check.get(data, path, "error", _enum(check, ERROR_MODES), default.error),
+        optimizer=check.get(data, path, "optimizer", _enum(check, OPTIMIZERS), default.optimizer),
         lr=check.get(data, path, "lr", positive, default.lr),
-        lr_schedule=check.get(data, path, "lr_schedule", enum(LR_SCHEDULES), default.lr_schedule),
+        lr_schedule=check.get(
+            data, path, "lr_schedule", _enum(check, LR_SCHEDULES), default.lr_schedule
+        ),
         weight_decay=check.get(
             data, path, "weight_decay", lambda v, p: check.number(v, p, 0.0), default.weight_decay
         ),
@@ -517,7 +315,7 @@ def _origin(check: FieldChecker, value: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(value, Mapping):
         raise check.error(
-            "type", f"origin is a mapping written by dump; got {_show(value)}", ("origin",)
+            "type", f"origin is a mapping written by dump; got {show_value(value)}", ("origin",)
         )
     return copy.deepcopy(dict(value))
 
@@ -552,8 +350,8 @@ def spec_from_dict(
     Parameters
     ----------
     data
-        Plain data as parsed from YAML (or :meth:`TopologySpec.to_dict`). A ``generate:`` block
-        is expanded first (:func:`topo_ep.generate.expand_generate`).
+        Plain data as parsed from YAML (or :meth:`TopologySpec.to_dict`), with any
+        ``generate:`` block already expanded (:func:`topo_ep.generate.expand_generate`).
     positions
         Path tuple -> :class:`Location` of the YAML node, as returned by
         :func:`topo_ep.yaml_source.parse_yaml`. Errors for a path missing here point at its
@@ -571,12 +369,15 @@ def spec_from_dict(
     TopologyError
         The first problem found, with kind, message, location and dotted field path.
     """
-    if isinstance(data, Mapping) and "generate" in data:
-        from topo_ep.generate import expand_generate
-
-        positions = dict(positions or {})
-        data = expand_generate(dict(data), positions)
     check = FieldChecker(positions, filename)
+    if isinstance(data, Mapping) and "generate" in data:
+        raise check.error(
+            "invalid-value",
+            "a generate: block is expanded on the load path; load the topology with "
+            "topo_ep.loader.loads_topology, or expand it with topo_ep.generate.expand_generate",
+            ("generate",),
+            True,
+        )
     if data is None:
         raise check.error(
             "type",

@@ -7,7 +7,7 @@
 
       E(s) = sum_k w_k [ sum_i G_k(s_ki) - d_k . s_k ] - 1/2 sum_{k,j} w_k s_k . M_kj s_j,
 
-  with w_k = c_k^2 from :func:`topo_ep.graph.analyse_balance`; dE/ds_k = w_k (rho_k^{-1}(s_k) -
+  with w_k = c_k^2 from :func:`topo_ep.balance.analyse_balance`; dE/ds_k = w_k (rho_k^{-1}(s_k) -
   h_k), so the fixed points are its stationary points and block updates of uncoupled layers
   never raise it.
 """
@@ -21,13 +21,14 @@ from torch import Tensor
 from topo_ep.analysis.states import FIXED_POINT_MAX_STEPS, FIXED_POINT_TOLERANCE
 from topo_ep.compiler import CompiledNetwork
 from topo_ep.energy import Energy
+from topo_ep.learn.base import Gradients
 from topo_ep.learn.implicit import implicit_gradients
 
 
 def implicit_gradient(
     net: CompiledNetwork, x: Tensor, y: Tensor, max_steps: int = FIXED_POINT_MAX_STEPS
-) -> dict[str, Tensor]:
-    """dL/dW at the free fixed point for every learned edge weight, keyed by tensor name.
+) -> Gradients:
+    """dL/dtheta at the free fixed point for every learned tensor, by its ParamKey.
 
     L is the mean cross-entropy over the batch. The free relaxation (sweep schedule) and the
     adjoint iteration run to max(1e-10, 16 eps(dtype)) within ``max_steps`` steps.
@@ -56,7 +57,7 @@ def implicit_gradient(
             f"{result.free_stats.residual:.3g}, adjoint change "
             f"{result.adjoint_stats.residual:.3g})"
         )
-    return {name: result.grads[name] for name in net.weights}
+    return result.grads
 
 
 def energy_per_sample(

@@ -2,7 +2,7 @@
 
 An energy exists when the couplings between hidden layers can be symmetrised by a diagonal
 rescaling u_k = c_k s_k: every coupling tied (feedback = transposed forward weight) and the gains
-balanced around every cycle of the layer graph (:func:`topo_ep.graph.analyse_balance`). Then
+balanced around every cycle of the layer graph (:func:`topo_ep.balance.analyse_balance`). Then
 block updates never increase E. Without an energy only contraction arguments (Jacobian, Lyapunov
 exponent) describe the dynamics.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from topo_ep.graph import analyse_balance
+from topo_ep.balance import analyse_balance
 from topo_ep.spec import TopologySpec
 
 

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from topo_ep.analysis.states import convergence_tolerance
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import make_schedule, step
+from topo_ep.engine import solve, step
 
 #: Consecutive steps the residual must stay below the tolerance.
 STAY_BELOW = 3
@@ -119,29 +119,35 @@ def convergence_times(
     Parameters
     ----------
     schedule
-        Schedule of the relaxation (:func:`topo_ep.engine.make_schedule`).
+        Schedule of the relaxation (:meth:`topo_ep.compiler.CompiledNetwork.schedule`).
     max_steps
         Step limit; the loop also stops once every sample has converged.
     tolerance
         Residual threshold; default :func:`topo_ep.analysis.states.convergence_tolerance`.
     """
     tol = convergence_tolerance(net.dtype) if tolerance is None else float(tolerance)
-    groups = make_schedule(net, schedule)
+    groups = net.schedule(schedule)
     rows: list[np.ndarray] = []
+    batch = x.shape[0]
+    streak = np.zeros(batch, dtype=np.int64)
+
+    def record(_t: int, new: list[Tensor], old: list[Tensor]) -> bool:
+        nonlocal streak
+        residual = per_sample_residual(new, old).double().cpu().numpy()
+        rows.append(residual)
+        streak = np.where(residual < tol, streak + 1, 0)
+        return bool(np.all(streak >= STAY_BELOW) or not np.all(np.isfinite(residual)))
+
     with torch.no_grad():
-        x = x.to(device=net.device, dtype=net.dtype)
-        batch = x.shape[0]
         drives = net.input_drive(x)
-        state = net.layout.zeros(batch, dtype=net.dtype, device=net.device)
-        streak = np.zeros(batch, dtype=np.int64)
-        for _ in range(max_steps):
-            new = step(net, state, drives, groups)
-            residual = per_sample_residual(new, state).double().cpu().numpy()
-            rows.append(residual)
-            state = new
-            streak = np.where(residual < tol, streak + 1, 0)
-            if np.all(streak >= STAY_BELOW) or not np.all(np.isfinite(residual)):
-                break
+        start = net.layout.zeros(batch, dtype=net.dtype, device=net.device)
+        solve(
+            lambda state: step(net, state, drives, groups),
+            start,
+            max_steps,
+            residual=None,
+            observe=record,
+        )
     residuals = np.stack(rows) if rows else np.zeros((0, batch))
     times = np.full(batch, np.nan)
     rates = np.full(batch, np.nan)

@@ -15,7 +15,8 @@ import networkx as nx
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from topo_ep.graph import READOUT, feedforward_order, to_graph
+from topo_ep.graph import READOUT, feedforward_order
+from topo_ep.graph_io import to_graph
 from topo_ep.spec import INPUT, TopologySpec
 
 #: Drawing style per edge class: (colour, line style, arc radius).

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from topo_ep.analysis.backends import energy_per_sample
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import make_schedule, step
+from topo_ep.engine import solve, step
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,21 @@ def energy_trace(
     ValueError
         When the topology is not balanced (it has no energy).
     """
-    groups = make_schedule(net, schedule)
+    groups = net.schedule(schedule)
     with torch.no_grad():
-        x = x.to(device=net.device, dtype=net.dtype)
         drives = net.input_drive(x)
         state = net.layout.zeros(x.shape[0], dtype=net.dtype, device=net.device)
         rows = [energy_per_sample(net, state, drives)]
-        for _ in range(steps):
-            state = step(net, state, drives, groups)
-            rows.append(energy_per_sample(net, state, drives))
+
+        def record(_t: int, new: list[Tensor], _old: list[Tensor]) -> bool:
+            rows.append(energy_per_sample(net, new, drives))
+            return False
+
+        solve(
+            lambda current: step(net, current, drives, groups),
+            state,
+            steps,
+            residual=None,
+            observe=record,
+        )
     return EnergyTrace(schedule, torch.stack(rows).double().cpu().numpy())

@@ -33,14 +33,15 @@ from dataclasses import dataclass, replace
 
 import networkx as nx
 import numpy as np
-import torch
 from torch import Tensor
 
 from topo_ep.analysis.backends import implicit_gradient
+from topo_ep.balance import gain_factors
 from topo_ep.compiler import CompiledNetwork
 from topo_ep.errors import DivergenceError
-from topo_ep.learn.bp import feedforward_state
-from topo_ep.learn.ep import EquilibriumPropagation, gain_factors
+from topo_ep.learn.bp import bp_gradients
+from topo_ep.learn.ep import EquilibriumPropagation
+from topo_ep.params import ParamKey
 from topo_ep.spec import INPUT, TopologySpec
 
 
@@ -168,18 +169,6 @@ def _cosine(a: Tensor, b: Tensor) -> float:
     return float((a * b).sum()) / (na * nb)
 
 
-def _bp_gradient(net: CompiledNetwork, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-    params = dict(net.weights.items())
-    with torch.enable_grad():
-        logits = net.readout_logits(feedforward_state(net, x)[net.top])
-        loss = torch.nn.functional.cross_entropy(logits, y)
-        found = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-    return {
-        name: torch.zeros_like(p) if g is None else g.detach()
-        for (name, p), g in zip(params.items(), found, strict=True)
-    }
-
-
 def ep_settings(spec: TopologySpec) -> EquilibriumPropagation:
     """The EP learner of the topology (gain compensation, a per-edge rescaling, left out)."""
     if spec.training.gain_compensated:
@@ -205,7 +194,8 @@ def gradient_flow(
     x = x.to(device=net.device, dtype=net.dtype)
     y = y.to(net.device)
     method = ep_settings(spec)
-    phases = method.phases(net, x, y)
+    estimate = method.estimate(net, x, y)
+    phases = estimate.phases
     factors, basis = predicted_factors(spec)
     position = {k: i for i, k in enumerate(net.order)}
     layers = []
@@ -221,9 +211,6 @@ def gradient_flow(
             )
         )
     layers.sort(key=lambda row: row.position)
-    updates = method.updates(net, x, phases)
-    scale = -1.0 / (method.nudge * x.shape[0])
-    estimates = {name: updates[name] * scale for name in net.weights}
     note = ""
     reference: dict[str, Tensor] | None = None
     if implicit:
@@ -231,13 +218,13 @@ def gradient_flow(
             reference = implicit_gradient(net, x, y)
         except (ArithmeticError, DivergenceError) as exc:
             note = f"implicit gradient unavailable: {exc}"
-    bp = _bp_gradient(net, x, y)
+    bp, _ = bp_gradients(net, x, y)
     edges = []
     for binding in net.learned_bindings():
-        name = binding.tensor
-        ep = estimates[name].double()
-        true = reference[name].double() if reference is not None else None
-        base = bp[name].double()
+        key = ParamKey.edge(binding.edge)
+        ep = estimate.grads[key].double()
+        true = reference[key].double() if reference is not None else None
+        base = bp[key].double()
         nan = float("nan")
         true_norm = float(true.norm()) if true is not None else nan
         edges.append(

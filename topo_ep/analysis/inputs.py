@@ -9,7 +9,7 @@ from torch import Tensor
 
 from topo_ep.checkpoint import load_checkpoint
 from topo_ep.compiler import CompiledNetwork, compile_topology
-from topo_ep.data import Split, check_compatible, load_dataset, standardize_split
+from topo_ep.data import check_compatible, load_dataset
 from topo_ep.errors import CheckpointError
 from topo_ep.loader import load_topology
 from topo_ep.train import DTYPES
@@ -65,15 +65,16 @@ def load_network(
 def analysis_batch(
     net: CompiledNetwork, dataset: str, data_dir: str | None, size: int = 64
 ) -> tuple[Tensor, Tensor, str]:
-    """The first ``size`` examples of the dataset's test split, and a line describing them."""
+    """The first ``size`` raw examples of the dataset's test split, and a line describing them.
+
+    The examples are as the loader gives them: the network prepares them
+    (:meth:`~topo_ep.compiler.CompiledNetwork.prepare_input`), as it does in training.
+    """
     data = load_dataset(dataset, data_dir)
     check_compatible(data, net.spec.input.size, net.spec.readout.size, None)
     declared = net.spec.input
-    batch = standardize_split(
-        Split(data.test.x[:size], data.test.y[:size]), declared.mean, declared.std
-    )
-    x = batch.x.to(device=net.device, dtype=net.dtype)
-    y = batch.y.to(net.device)
+    x = data.test.x[:size].to(device=net.device, dtype=net.dtype)
+    y = data.test.y[:size].to(net.device)
     described = f"{dataset}, first {len(y)} examples of the test split"
     if declared.standardised:
         described += (

@@ -25,7 +25,6 @@ from topo_ep import spectral
 from topo_ep.analysis.states import FixedPoint, free_fixed_point
 from topo_ep.analysis.tangent import tangent_step
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import make_schedule
 
 #: Largest N for which per-sample Jacobians get exact eigenvalues under ``method="auto"``.
 JACOBIAN_EXACT_LIMIT = 700
@@ -93,13 +92,14 @@ def jacobian_radius_at(
     derivative
         rho_k'(h_k) of one sample, one (1, n_k) tensor per layer.
     schedule
-        ``synchronous`` (J = diag(rho'(h)) M) or any schedule of :func:`make_schedule`.
+        ``synchronous`` (J = diag(rho'(h)) M) or any registered schedule
+        (:mod:`topo_ep.schedules`).
     method
         ``exact``, ``arpack`` or ``auto`` (exact up to ``exact_limit`` units).
     operator
         M as a dense float64 array, reused across samples for the exact synchronous case.
     """
-    groups = make_schedule(net, schedule)
+    groups = net.schedule(schedule)
     layout = net.layout
     n = layout.total
     flat_derivative = layout.flatten(list(derivative)).reshape(-1).detach().cpu().double()

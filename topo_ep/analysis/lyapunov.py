@@ -22,7 +22,7 @@ from torch import Tensor
 
 from topo_ep.analysis.tangent import per_sample_norm, step_with_tangent
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import make_schedule
+from topo_ep.engine import solve
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def lyapunov_exponents(
     steps
         T, the number of steps (the paper uses the free-phase length).
     schedule
-        Schedule of the relaxation (:func:`topo_ep.engine.make_schedule`).
+        Schedule of the relaxation (:meth:`topo_ep.compiler.CompiledNetwork.schedule`).
     seed
         Seeds the random unit initial tangent of each sample.
 
@@ -84,12 +84,12 @@ def lyapunov_exponents(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    groups = make_schedule(net, schedule)
+    groups = net.schedule(schedule)
     layout = net.layout
     generator = torch.Generator().manual_seed(int(seed))
     tiny = torch.finfo(net.dtype).tiny
+    n = len(layout.names)
     with torch.no_grad():
-        x = x.to(device=net.device, dtype=net.dtype)
         batch = x.shape[0]
         drives = net.input_drive(x)
         state = layout.zeros(batch, dtype=net.dtype, device=net.device)
@@ -99,13 +99,15 @@ def lyapunov_exponents(
             raw = raw / raw.norm(dim=1, keepdim=True)
             return layout.unflatten(raw.to(device=net.device, dtype=net.dtype))
 
-        tangent = unit(batch)
         total = torch.zeros(batch, dtype=torch.float64, device=net.device)
-        for _ in range(steps):
-            state, tangent = step_with_tangent(net, state, tangent, drives, groups)
+
+        def advance(pair: list[Tensor]) -> list[Tensor]:
+            """One step of the state and its tangent; log growth into ``total``."""
+            nonlocal total
+            state, tangent = step_with_tangent(net, pair[:n], pair[n:], drives, groups)
             norm = per_sample_norm(tangent).double()
             dead = norm <= tiny
-            total += torch.log(torch.clamp(norm, min=tiny))
+            total = total + torch.log(torch.clamp(norm, min=tiny))
             scale = torch.where(dead, torch.ones_like(norm), 1.0 / norm).to(net.dtype)
             tangent = [t * scale[:, None] for t in tangent]
             if bool(dead.any()):
@@ -113,5 +115,8 @@ def lyapunov_exponents(
                 tangent = [
                     torch.where(dead[:, None], f, t) for f, t in zip(fresh, tangent, strict=True)
                 ]
+            return state + tangent
+
+        solve(advance, state + unit(batch), steps, residual=None)
     exponents = (total / steps).cpu().numpy()
     return LyapunovExponents(schedule, int(steps), exponents)

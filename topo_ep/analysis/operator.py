@@ -18,7 +18,6 @@ import numpy as np
 
 from topo_ep import spectral
 from topo_ep.compiler import CompiledNetwork, compile_topology
-from topo_ep.graph import is_balanced
 from topo_ep.spec import TopologySpec
 
 
@@ -104,5 +103,5 @@ def operator_spectrum(
         eigenvalues=values,
         feedback_gains=feedback_gains(net.spec),
         radius_at_unit_gain=unit,
-        balanced=is_balanced(net.spec),
+        balanced=net.balance.balanced,
     )

@@ -25,19 +25,18 @@ from topo_ep.analysis.lyapunov import LyapunovExponents, lyapunov_exponents
 from topo_ep.analysis.operator import OperatorSpectrum, operator_spectrum
 from topo_ep.analysis.states import FixedPoint, free_fixed_point
 from topo_ep.compiler import CompiledNetwork, compile_topology
-from topo_ep.engine import make_schedule
-from topo_ep.spec import SCHEDULES
+from topo_ep.schedules import SCHEDULES
 
 #: Parts of the analysis that :func:`analyse` can run.
 PARTS = ("operator", "jacobian", "lyapunov", "convergence", "gradient_flow", "energy")
 
 
 def available_schedules(net: CompiledNetwork) -> tuple[str, ...]:
-    """The schedules :func:`topo_ep.engine.make_schedule` knows for this network."""
+    """The schedules :meth:`topo_ep.compiler.CompiledNetwork.schedule` knows for this network."""
     names = []
-    for name in SCHEDULES:
+    for name in SCHEDULES.names():
         try:
-            make_schedule(net, name)
+            net.schedule(name)
         except ValueError:
             continue
         names.append(name)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from topo_ep.analysis.tangent import derivatives, preactivations
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import effective_tolerance, make_schedule, relax
+from topo_ep.engine import effective_tolerance, free_phase
 
 #: Requested residual below which a relaxation counts as converged (the paper's 1e-6).
 CONVERGENCE_TOLERANCE = 1e-6
@@ -79,17 +79,9 @@ def free_fixed_point(
     feedforward order) reaches them in the fewest steps when feedback gains are small.
     """
     with torch.no_grad():
-        x = x.to(device=net.device, dtype=net.dtype)
         drives = net.input_drive(x)
-        start = net.layout.zeros(x.shape[0], dtype=net.dtype, device=net.device)
-        state, stats = relax(
-            net,
-            start,
-            drives,
-            make_schedule(net, schedule),
-            max_steps,
-            fixed_point_tolerance(net.dtype),
-            check_every=1,
+        state, stats = free_phase(
+            net, drives, schedule, max_steps, fixed_point_tolerance(net.dtype), check_every=1
         )
         pre = preactivations(net, state, drives)
         return FixedPoint(

@@ -20,8 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import Schedule
+from topo_ep.compiler import CompiledNetwork, Schedule
 
 
 def operator_rows(net: CompiledNetwork, k: int, vector: list[Tensor]) -> Tensor:

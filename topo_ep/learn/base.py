@@ -1,4 +1,10 @@
-"""The interface every learning method implements, and the factory that picks one."""
+"""The interface every learning method implements, and the one writer of gradients.
+
+A method's ``gradients(net, x, y)`` computes its gradient of every learned tensor, keyed by
+:class:`~topo_ep.params.ParamKey`, and puts them into ``.grad`` with :func:`write_gradients`,
+so every ``torch.optim`` optimizer applies them. Methods are registered by name in
+:data:`topo_ep.learn.registry.METHODS`.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,11 @@ import torch
 from torch import Tensor
 
 from topo_ep.compiler import CompiledNetwork
+from topo_ep.params import ParamKey
 from topo_ep.spec import TopologySpec
 
-METHODS = ("ep", "bp", "bptt", "implicit")
-#: Key of the readout weight W_out in gradient dictionaries (see :func:`learned_tensors`).
-READOUT_WEIGHT = "readout"
-#: Key of the readout bias in gradient dictionaries.
-READOUT_BIAS = "readout:bias"
+#: Gradients of a method, one per learned tensor.
+Gradients = dict[ParamKey, Tensor]
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,16 @@ class BatchResult:
 
 
 class Method(Protocol):
-    """A training method: writes gradients into ``.grad`` and defines the prediction."""
+    """A training method: writes gradients into ``.grad`` and defines the prediction.
+
+    ``x`` is always the raw batch; the method passes it through
+    :meth:`~topo_ep.compiler.CompiledNetwork.prepare_input` (via ``input_drive``).
+    """
 
     name: str
+
+    @classmethod
+    def from_spec(cls, spec: TopologySpec) -> Method: ...
 
     def gradients(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> BatchResult: ...
 
@@ -50,48 +61,22 @@ def cross_entropy_and_correct(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor
     return loss.detach(), correct
 
 
-def learned_tensors(net: CompiledNetwork) -> dict[str, Tensor]:
-    """Every learned tensor of ``net`` under the keys the learners use for gradients.
-
-    Weights by their tensor name (``net.weights`` keys, e.g. ``input->h1:forward``), hidden
-    biases as ``bias:<layer>``, the readout weight as :data:`READOUT_WEIGHT` and its bias as
-    :data:`READOUT_BIAS`. Edge tensor names contain ``->``, so the keys never collide.
-    """
-    out: dict[str, Tensor] = dict(net.weights.items())
-    out.update({f"bias:{name}": bias for name, bias in net.biases.items()})
-    out[READOUT_WEIGHT] = net.readout_weight
-    if net.readout_bias is not None:
-        out[READOUT_BIAS] = net.readout_bias
-    return out
+def autograd_gradients(net: CompiledNetwork, loss: Tensor) -> Gradients:
+    """d loss / d theta for every learned tensor (zero where the loss does not reach)."""
+    tensors = net.learned_tensors()
+    found = torch.autograd.grad(loss, list(tensors.values()), allow_unused=True)
+    return {
+        key: torch.zeros_like(tensor) if grad is None else grad.detach()
+        for (key, tensor), grad in zip(tensors.items(), found, strict=True)
+    }
 
 
-def write_gradients(net: CompiledNetwork, grads: dict[str, Tensor]) -> None:
-    """Set ``.grad`` of every learned tensor from ``grads`` (keys of :func:`learned_tensors`).
+def write_gradients(net: CompiledNetwork, grads: Gradients) -> None:
+    """Set ``.grad`` of every learned tensor from ``grads``.
 
     A tensor missing from ``grads`` gets a zero gradient, so an optimizer step never reuses a
-    stale one. Gradients are detached copies.
+    stale one. The gradients are stored detached.
     """
-    for key, tensor in learned_tensors(net).items():
+    for key, tensor in net.learned_tensors().items():
         grad = grads.get(key)
-        tensor.grad = torch.zeros_like(tensor) if grad is None else grad.detach().clone()
-
-
-def make_method(name: str, spec: TopologySpec) -> Method:
-    """The method called ``name`` (one of :data:`METHODS`) configured from the spec."""
-    if name == "ep":
-        from topo_ep.learn.ep import EquilibriumPropagation
-
-        return EquilibriumPropagation.from_spec(spec)
-    if name == "bp":
-        from topo_ep.learn.bp import FeedforwardBackprop
-
-        return FeedforwardBackprop()
-    if name == "bptt":
-        from topo_ep.learn.bptt import BackpropThroughTime
-
-        return BackpropThroughTime.from_spec(spec)
-    if name == "implicit":
-        from topo_ep.learn.implicit import ImplicitDifferentiation
-
-        return ImplicitDifferentiation.from_spec(spec)
-    raise ValueError(f"unknown method {name!r}; expected one of {METHODS}")
+        tensor.grad = torch.zeros_like(tensor) if grad is None else grad.detach()

@@ -20,13 +20,15 @@ import torch
 from torch import Tensor
 
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import PhaseStats, make_schedule, relax
+from topo_ep.engine import PhaseStats, free_phase
 from topo_ep.learn.base import (
     BatchResult,
+    Gradients,
+    autograd_gradients,
     cross_entropy_and_correct,
-    learned_tensors,
     write_gradients,
 )
+from topo_ep.learn.registry import METHODS
 from topo_ep.spec import TopologySpec
 
 
@@ -37,28 +39,21 @@ def bptt_gradients(
     *,
     schedule: str = "synchronous",
     steps: int = 20,
-) -> tuple[dict[str, Tensor], Tensor, PhaseStats]:
+) -> tuple[Gradients, Tensor, PhaseStats]:
     """dL/dtheta through ``steps`` unrolled steps of ``schedule`` from zero.
 
-    Returns the gradients (keys of :func:`~topo_ep.learn.base.learned_tensors`; zero for a
-    tensor the loss does not reach), the logits at s_T and the phase statistics. ``.grad`` is
-    left alone.
+    Returns the gradients (every learned tensor; zero for a tensor the loss does not reach),
+    the logits at s_T and the phase statistics. ``.grad`` is left alone.
     """
-    tensors = learned_tensors(net)
     with torch.enable_grad():
-        drives = net.input_drive(x)
-        start = net.layout.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        state, stats = relax(net, start, drives, make_schedule(net, schedule), steps, 0.0)
+        state, stats = free_phase(net, net.input_drive(x), schedule, steps)
         logits = net.readout_logits(state[net.top])
         loss = torch.nn.functional.cross_entropy(logits, y)
-        found = torch.autograd.grad(loss, list(tensors.values()), allow_unused=True)
-    grads = {
-        key: torch.zeros_like(tensor) if grad is None else grad.detach()
-        for (key, tensor), grad in zip(tensors.items(), found, strict=True)
-    }
+        grads = autograd_gradients(net, loss)
     return grads, logits.detach(), stats
 
 
+@METHODS.register("bptt")
 @dataclass(frozen=True)
 class BackpropThroughTime:
     """BPTT through the free phase (``--method bptt``): the topology's schedule, exactly
@@ -84,8 +79,5 @@ class BackpropThroughTime:
     def logits(self, net: CompiledNetwork, x: Tensor) -> Tensor:
         """Readout logits after ``free_steps`` steps from zero (the state BPTT trains)."""
         with torch.no_grad():
-            drives = net.input_drive(x)
-            start = net.layout.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            groups = make_schedule(net, self.schedule)
-            state, _ = relax(net, start, drives, groups, self.free_steps, 0.0)
+            state, _ = free_phase(net, net.input_drive(x), self.schedule, self.free_steps)
             return net.readout_logits(state[net.top])

@@ -18,12 +18,13 @@ batch; ``a`` and ``b`` are the nudged and free states (one-sided, factor 1) or t
 - ``contrast``: dW = g * factor * (a_dst^T a_src - b_dst^T b_src)
 
 and the gradient written for the optimizer is ``W.grad = -dW / (nudge * batch)``. Biases get
-db = factor * sum(a_k - b_k). The readout gets its exact cross-entropy gradient
-``W_out.grad = (p - y)^T s_top^0 / batch``.
+db = factor * sum(a_k - b_k). The presynaptic state of an input edge is the prepared batch
+(:meth:`~topo_ep.compiler.CompiledNetwork.prepare_input`). The readout gets its exact
+cross-entropy gradient ``W_out.grad = (p - y)^T s_top^0 / batch``.
 
 Gain compensation. On a balanced topology with tied feedback (an energy exists, see
-:func:`gain_factors` and :func:`topo_ep.graph.analyse_balance`) the EP theorem gives, for an
-edge into layer j,
+:func:`topo_ep.balance.gain_factors` and :func:`topo_ep.balance.analyse_balance`) the EP
+theorem gives, for an edge into layer j,
 
     -dW / (nudge * batch)  ->  (c_top^2 / c_j^2) * dL/dW   as nudge -> 0,
 
@@ -40,53 +41,24 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from topo_ep.balance import require_gain_factors
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import PhaseStats, StateDrive, make_schedule, relax
-from topo_ep.errors import TopoEpError
-from topo_ep.graph import analyse_balance
-from topo_ep.learn.base import BatchResult, cross_entropy_and_correct
+from topo_ep.engine import PhaseStats, StateDrive, free_phase, relax
+from topo_ep.learn.base import BatchResult, Gradients, cross_entropy_and_correct, write_gradients
+from topo_ep.learn.registry import METHODS
+from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
 from topo_ep.spec import INPUT, TopologySpec
-
-
-def no_energy_reason(spec: TopologySpec) -> str | None:
-    """Why the topology has no energy (the sentence of :func:`topo_ep.graph.analyse_balance`,
-    which names the one-way coupling or the cycle that breaks the balance), or ``None``."""
-    balance = analyse_balance(spec)
-    return None if balance.balanced else balance.reason
-
-
-def gain_factors(spec: TopologySpec) -> dict[str, float] | None:
-    """Predicted ratio |EP update| / |dL/dW| per hidden layer j: c_top^2 / c_j^2.
-
-    With u_k = c_k s_k the balanced coupling is symmetric, a Hopfield energy exists, and the EP
-    theorem gives EP -> (c_top^2 / c_j^2) dL/dW as the nudge goes to 0 for every edge (and bias)
-    into layer j. For a chain with forward gains 1 it is the product of the feedback gains
-    between j and the top hidden layer. ``None`` when the topology has no energy (see
-    :func:`no_energy_reason`).
-    """
-    scales = analyse_balance(spec).scales
-    if scales is None:
-        return None
-    top = scales[spec.readout.source]
-    return {name: (top / c) ** 2 for name, c in scales.items()}
-
-
-def require_gain_factors(spec: TopologySpec) -> dict[str, float]:
-    """:func:`gain_factors`, or a :class:`~topo_ep.errors.TopoEpError` saying why there are none."""
-    factors = gain_factors(spec)
-    if factors is None:
-        raise TopoEpError(
-            f"gain compensation needs an energy; topology {spec.name!r}: "
-            f"{no_energy_reason(spec)}. Without an energy the EP update is not a rescaled "
-            "gradient and no per-edge factor exists; train without gain_compensated"
-        )
-    return factors
 
 
 @dataclass(frozen=True)
 class EPPhases:
-    """States and statistics of one EP evaluation on a batch."""
+    """States and statistics of one EP evaluation on a batch.
 
+    ``inputs`` is the prepared batch (:meth:`~topo_ep.compiler.CompiledNetwork.prepare_input`),
+    the presynaptic state of every input edge.
+    """
+
+    inputs: Tensor
     free: list[Tensor]
     nudged: tuple[list[Tensor], ...]
     logits: Tensor
@@ -94,6 +66,20 @@ class EPPhases:
     nudged_stats: tuple[PhaseStats, ...]
 
 
+@dataclass(frozen=True)
+class EPEstimate:
+    """EP's gradient estimate of every learned tensor, with the phases it came from.
+
+    ``grads`` holds what :meth:`EquilibriumPropagation.gradients` writes into ``.grad``:
+    ``-dW / (nudge * batch)`` per edge and bias, the exact gradient of the readout.
+    """
+
+    grads: Gradients
+    phases: EPPhases
+    result: BatchResult
+
+
+@METHODS.register("ep")
 @dataclass(frozen=True)
 class EquilibriumPropagation:
     """EP with the settings of a topology's ``dynamics`` and ``training`` sections."""
@@ -129,17 +115,16 @@ class EquilibriumPropagation:
         )
 
     # ------------------------------------------------------------------ phases
-    def free_phase(
-        self, net: CompiledNetwork, x: Tensor, drives: list[Tensor] | None = None
-    ) -> tuple[list[Tensor], PhaseStats]:
-        """Relax from zero with the input clamped and no nudge."""
+    def free_phase(self, net: CompiledNetwork, x: Tensor) -> tuple[list[Tensor], PhaseStats]:
+        """Relax from zero with the raw batch ``x`` clamped and no nudge."""
         with torch.no_grad():
-            drives = net.input_drive(x) if drives is None else drives
-            start = net.layout.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            schedule = make_schedule(net, self.schedule)
-            return relax(
-                net, start, drives, schedule, self.free_steps, self.tolerance, self.check_every
-            )
+            return self._free(net, net.input_drive(x))
+
+    def _free(self, net: CompiledNetwork, drives: list[Tensor]) -> tuple[list[Tensor], PhaseStats]:
+        """:func:`topo_ep.engine.free_phase` with this method's schedule and limits."""
+        return free_phase(
+            net, drives, self.schedule, self.free_steps, self.tolerance, self.check_every
+        )
 
     def nudged_phase(
         self,
@@ -165,12 +150,11 @@ class EquilibriumPropagation:
                 error = target - net.readout(state)
                 return {top: nudge * (error @ matrix)}
 
-        schedule = make_schedule(net, self.schedule)
         return relax(
             net,
             free,
             nudged_drives,
-            schedule,
+            self.schedule,
             self.nudged_steps,
             self.tolerance,
             self.check_every,
@@ -178,19 +162,21 @@ class EquilibriumPropagation:
         )
 
     def phases(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> EPPhases:
-        """Run the free phase and the one or two nudged phases."""
+        """Run the free phase and the one or two nudged phases on the raw batch ``x``."""
         with torch.no_grad():
-            drives = net.input_drive(x)
-            free, free_stats = self.free_phase(net, x, drives)
+            inputs = net.prepare_input(x)
+            drives = net.input_drive(inputs, prepared=True)
+            free, free_stats = self._free(net, drives)
             logits = net.readout_logits(free[net.top])
             probabilities = torch.softmax(logits, dim=-1)
-            target = torch.nn.functional.one_hot(y, net.spec.readout.size).to(x.dtype)
+            target = torch.nn.functional.one_hot(y, net.spec.readout.size).to(inputs.dtype)
             signs = (1.0,) if self.nudging == "one-sided" else (1.0, -1.0)
             results = [
                 self.nudged_phase(net, free, drives, target, probabilities, s * self.nudge)
                 for s in signs
             ]
         return EPPhases(
+            inputs,
             free,
             tuple(r[0] for r in results),
             logits,
@@ -199,27 +185,28 @@ class EquilibriumPropagation:
         )
 
     # ------------------------------------------------------------------ updates
-    def updates(self, net: CompiledNetwork, x: Tensor, phases: EPPhases) -> dict[str, Tensor]:
-        """dW per learned tensor name (weights by edge, ``bias:<layer>`` for biases).
+    def updates(self, net: CompiledNetwork, phases: EPPhases) -> Gradients:
+        """dW per learned edge and hidden bias, keyed by :class:`~topo_ep.params.ParamKey`.
 
         Not yet divided by nudge * batch; see the module docstring for the rules. With
-        ``gain_compensated`` each is divided by its target layer's :func:`gain_factors`.
+        ``gain_compensated`` each is divided by its target layer's gain factor
+        (:attr:`~topo_ep.compiler.CompiledNetwork.gain_factors`).
         """
-        factors = require_gain_factors(net.spec) if self.gain_compensated else None
+        factors = net.gain_factors if self.gain_compensated else None
         if self.nudging == "one-sided":
             plus, minus, factor = phases.nudged[0], phases.free, 1.0
         else:
             plus, minus, factor = phases.nudged[0], phases.nudged[1], 0.5
         free = phases.free
         layout = net.layout
-        out: dict[str, Tensor] = {}
+        out: Gradients = {}
         with torch.no_grad():
             for binding in net.learned_bindings():
                 edge = binding.edge
                 dst = layout.index(edge.target)
                 scale = factor * edge.gain
                 if edge.source == INPUT:
-                    pre_plus = pre_minus = pre_free = x
+                    pre_plus = pre_minus = pre_free = phases.inputs
                 else:
                     src = layout.index(edge.source)
                     pre_plus, pre_minus, pre_free = plus[src], minus[src], free[src]
@@ -229,39 +216,42 @@ class EquilibriumPropagation:
                     delta = plus[dst].t() @ pre_plus - minus[dst].t() @ pre_minus
                 if factors is not None:
                     scale /= factors[edge.target]
-                out[binding.tensor] = delta * scale
+                out[ParamKey.edge(edge)] = delta * scale
             for name in net.biases:
                 k = layout.index(name)
                 scale = factor if factors is None else factor / factors[name]
-                out[f"bias:{name}"] = (plus[k] - minus[k]).sum(dim=0) * scale
+                out[ParamKey.bias(name)] = (plus[k] - minus[k]).sum(dim=0) * scale
         return out
 
-    def gradients(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> BatchResult:
-        """Write ``.grad = -dW / (nudge * batch)`` for every learned tensor, and the exact
-        cross-entropy gradient of the readout."""
+    def estimate(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> EPEstimate:
+        """EP's gradient of every learned tensor, ``-dW / (nudge * batch)``, and the exact
+        cross-entropy gradient of the readout; ``.grad`` is left alone."""
         phases = self.phases(net, x, y)
         batch = x.shape[0]
         scale = -1.0 / (self.nudge * batch)
-        for name, delta in self.updates(net, x, phases).items():
-            if name.startswith("bias:"):
-                net.biases[name[5:]].grad = delta * scale
-            else:
-                net.weights[name].grad = delta * scale
+        grads = {key: delta * scale for key, delta in self.updates(net, phases).items()}
         with torch.no_grad():
             probabilities = torch.softmax(phases.logits, dim=-1)
-            target = torch.nn.functional.one_hot(y, net.spec.readout.size).to(x.dtype)
+            target = torch.nn.functional.one_hot(y, net.spec.readout.size).to(probabilities.dtype)
             error = (probabilities - target) / batch
-            net.readout_weight.grad = error.t() @ phases.free[net.top]
+            grads[READOUT_WEIGHT] = error.t() @ phases.free[net.top]
             if net.readout_bias is not None:
-                net.readout_bias.grad = error.sum(dim=0)
+                grads[READOUT_BIAS] = error.sum(dim=0)
         loss, correct = cross_entropy_and_correct(phases.logits, y)
-        return BatchResult(
+        result = BatchResult(
             loss,
             correct,
             free_steps=phases.free_stats.steps,
             nudged_steps=sum(s.steps for s in phases.nudged_stats),
             converged=phases.free_stats.converged and all(s.converged for s in phases.nudged_stats),
         )
+        return EPEstimate(grads, phases, result)
+
+    def gradients(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> BatchResult:
+        """Write :meth:`estimate`'s gradients into ``.grad`` of every learned tensor."""
+        estimate = self.estimate(net, x, y)
+        write_gradients(net, estimate.grads)
+        return estimate.result
 
     def logits(self, net: CompiledNetwork, x: Tensor) -> Tensor:
         """Readout logits at the free fixed point."""

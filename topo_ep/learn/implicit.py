@@ -36,17 +36,16 @@ import torch
 from torch import Tensor
 
 from topo_ep.blocks import Block
-from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import PhaseStats, Schedule, effective_tolerance, make_schedule, relax
+from topo_ep.compiler import CompiledNetwork, Schedule
+from topo_ep.engine import PhaseStats, free_phase, solve
 from topo_ep.errors import DivergenceError
 from topo_ep.learn.base import (
-    READOUT_BIAS,
-    READOUT_WEIGHT,
     BatchResult,
+    Gradients,
     cross_entropy_and_correct,
-    learned_tensors,
     write_gradients,
 )
+from topo_ep.learn.registry import METHODS
 from topo_ep.spec import TopologySpec
 
 
@@ -57,8 +56,7 @@ class ImplicitResult:
     Attributes
     ----------
     grads
-        dL/dtheta per learned tensor (keys of :func:`~topo_ep.learn.base.learned_tensors`),
-        L being the mean cross-entropy over the batch.
+        dL/dtheta per learned tensor, L being the mean cross-entropy over the batch.
     free
         The free fixed point s*, one (batch, n_k) tensor per layer.
     adjoint
@@ -69,7 +67,7 @@ class ImplicitResult:
         What the free relaxation and the adjoint iteration did.
     """
 
-    grads: dict[str, Tensor]
+    grads: Gradients
     free: list[Tensor]
     adjoint: list[Tensor]
     logits: Tensor
@@ -167,39 +165,21 @@ def solve_adjoint(
     DivergenceError
         When the iterate turns non-finite (spectral radius of M^T D >= 1).
     """
-    with torch.no_grad():  # a linear solve; never differentiated
-        return _solve_adjoint(net, derivatives, source, schedule, max_steps, tolerance, check_every)
-
-
-def _solve_adjoint(
-    net: CompiledNetwork,
-    derivatives: Sequence[Tensor],
-    source: Sequence[Tensor],
-    schedule: Schedule,
-    max_steps: int,
-    tolerance: float,
-    check_every: int,
-) -> tuple[list[Tensor], PhaseStats]:
     groups = adjoint_schedule(schedule)
     outgoing = outgoing_blocks(net)
-    dtype = source[0].dtype
-    tol = effective_tolerance(tolerance, dtype)
-    check_every = max(1, int(check_every))
-    adjoint = [s.clone() for s in source]
-    change = math.nan
-    for t in range(1, max_steps + 1):
-        previous = adjoint
-        adjoint = adjoint_step(outgoing, adjoint, derivatives, source, groups)
-        if t == max_steps or (tol > 0 and t % check_every == 0):
-            change = _relative_change(adjoint, previous)
-            if not math.isfinite(change):
-                raise DivergenceError(
-                    f"the adjoint iteration became non-finite at step {t}: the Jacobian "
-                    "rho'(h*) M at the free fixed point has spectral radius >= 1"
-                )
-            if tol > 0 and change < tol:
-                return adjoint, PhaseStats(t, change, True)
-    return adjoint, PhaseStats(max_steps, change, False)
+    with torch.no_grad():  # a linear solve; never differentiated
+        return solve(
+            lambda adjoint: adjoint_step(outgoing, adjoint, derivatives, source, groups),
+            [s.clone() for s in source],
+            max_steps,
+            tolerance,
+            check_every,
+            residual=_relative_change,
+            diverged=lambda t: (
+                f"the adjoint iteration became non-finite at step {t}: the Jacobian "
+                "rho'(h*) M at the free fixed point has spectral radius >= 1"
+            ),
+        )
 
 
 def implicit_gradients(
@@ -227,23 +207,22 @@ def implicit_gradients(
     adjoint_steps, adjoint_tolerance
         Limits of the adjoint iteration (default: ``free_steps`` and ``tolerance``).
     """
-    groups = make_schedule(net, schedule)
+    groups = net.schedule(schedule)
     with torch.no_grad():
         drives = net.input_drive(x)
-        start = net.layout.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        free, free_stats = relax(net, start, drives, groups, free_steps, tolerance, check_every)
+        free, free_stats = free_phase(net, drives, groups, free_steps, tolerance, check_every)
         h = preactivations(net, free, drives)
         derivatives = [act.derivative(hk) for act, hk in zip(net.activations, h, strict=True)]
-    tensors = learned_tensors(net)
+    tensors = net.learned_tensors()
+    readout_keys = [key for key in tensors if key.is_readout]
     with torch.enable_grad():
         top = free[net.top].detach().requires_grad_(True)
         logits = net.readout_logits(top)
         loss = torch.nn.functional.cross_entropy(logits, y)
-        readout_keys = [key for key in tensors if key in (READOUT_WEIGHT, READOUT_BIAS)]
         found = torch.autograd.grad(loss, [top] + [tensors[k] for k in readout_keys])
     source = [torch.zeros_like(s) for s in free]
     source[net.top] = found[0].detach()
-    grads: dict[str, Tensor] = {k: g.detach() for k, g in zip(readout_keys, found[1:], strict=True)}
+    grads: Gradients = {k: g.detach() for k, g in zip(readout_keys, found[1:], strict=True)}
     try:
         adjoint, adjoint_stats = solve_adjoint(
             net,
@@ -276,6 +255,7 @@ def implicit_gradients(
     return ImplicitResult(grads, free, adjoint, logits.detach(), free_stats, adjoint_stats)
 
 
+@METHODS.register("implicit")
 @dataclass(frozen=True)
 class ImplicitDifferentiation:
     """Recurrent backprop at the free fixed point (``--method implicit``).
@@ -329,10 +309,12 @@ class ImplicitDifferentiation:
     def logits(self, net: CompiledNetwork, x: Tensor) -> Tensor:
         """Readout logits at the free fixed point."""
         with torch.no_grad():
-            drives = net.input_drive(x)
-            start = net.layout.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            groups = make_schedule(net, self.schedule)
-            free, _ = relax(
-                net, start, drives, groups, self.free_steps, self.tolerance, self.check_every
+            free, _ = free_phase(
+                net,
+                net.input_drive(x),
+                self.schedule,
+                self.free_steps,
+                self.tolerance,
+                self.check_every,
             )
             return net.readout_logits(free[net.top])
