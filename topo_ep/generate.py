@@ -34,8 +34,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from topo_ep.errors import Location
+from topo_ep.fields import FieldChecker
 from topo_ep.spec import ACTIVATIONS, FEEDBACK_MODES, INPUT
-from topo_ep.validate import FieldChecker
 
 FAMILIES = ("chain", "residual", "agt")
 #: Deepest generated network accepted.

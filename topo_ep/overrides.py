@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from topo_ep.errors import Location, TopologyError
+from topo_ep.fields import suggest
 from topo_ep.generate import expand_generate
-from topo_ep.validate import suggest
 from topo_ep.yaml_source import KEY_MARK, dotted_path, parse_yaml
 
 #: Pseudo file name of override locations.
