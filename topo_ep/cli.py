@@ -47,6 +47,17 @@ def _schedules() -> Registry:
     return SCHEDULES
 
 
+def _add_schedule_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--schedule NAME``, one of the schedule registry's names (default: the topology's)."""
+    parser.add_argument(
+        "--schedule",
+        choices=_RegistryNames(_schedules),
+        default=None,
+        metavar="SCHEDULE",
+        help=f"{what}: %(choices)s (default: the topology's)",
+    )
+
+
 def _add_set_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
@@ -323,13 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="divide each edge's update by its predicted factor (needs an energy)",
     )
-    p.add_argument(
-        "--schedule",
-        choices=_RegistryNames(_schedules),
-        default=None,
-        metavar="SCHEDULE",
-        help="relaxation schedule: %(choices)s (default: the topology's)",
-    )
+    _add_schedule_option(p, "relaxation schedule")
     p.add_argument("--max-steps", type=int, default=20000, help="step limit per phase")
     p.add_argument(
         "--checkpoint",
@@ -389,13 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use at most N training examples")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--batch", type=int, default=64, help="test examples analysed (64)")
-    p.add_argument(
-        "--schedule",
-        choices=_RegistryNames(_schedules),
-        default=None,
-        metavar="SCHEDULE",
-        help="schedule analysed: %(choices)s (default: the topology's)",
-    )
+    _add_schedule_option(p, "schedule analysed")
     p.add_argument("--max-steps", type=int, default=1000, help="convergence step limit (1000)")
     p.add_argument("--out", default="runs/sweep", help="output folder (runs/sweep)")
     _add_set_option(p)

@@ -162,12 +162,14 @@ def relax(
     tolerance: float = 0.0,
     check_every: int = 5,
     state_drive: StateDrive | None = None,
+    observe: Observer | None = None,
 ) -> tuple[list[Tensor], PhaseStats]:
     """Relax the network from ``state`` for at most ``max_steps`` steps of ``schedule``.
 
     :func:`solve` over :func:`step`: s_{t+1} = step(s_t), residual :func:`_residual`.
     Non-finite states raise :class:`DivergenceError` with the operator's spectral radius and
-    the gains. ``schedule`` is a name (:meth:`CompiledNetwork.schedule`) or its groups.
+    the gains. ``schedule`` is a name (:meth:`CompiledNetwork.schedule`) or its groups;
+    ``observe`` sees every step, as in :func:`solve` (the analyses record trajectories so).
     """
     groups = net.schedule(schedule) if isinstance(schedule, str) else schedule
     return solve(
@@ -177,6 +179,7 @@ def relax(
         tolerance,
         check_every,
         diverged=lambda t: divergence_message(net, t),
+        observe=observe,
     )
 
 

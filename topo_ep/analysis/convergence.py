@@ -23,7 +23,7 @@ from torch import Tensor
 
 from topo_ep.analysis.states import convergence_tolerance
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import solve, step
+from topo_ep.engine import relax
 
 #: Consecutive steps the residual must stay below the tolerance.
 STAY_BELOW = 3
@@ -141,13 +141,7 @@ def convergence_times(
     with torch.no_grad():
         drives = net.input_drive(x)
         start = net.layout.zeros(batch, dtype=net.dtype, device=net.device)
-        solve(
-            lambda state: step(net, state, drives, groups),
-            start,
-            max_steps,
-            residual=None,
-            observe=record,
-        )
+        relax(net, start, drives, groups, max_steps, observe=record)
     residuals = np.stack(rows) if rows else np.zeros((0, batch))
     times = np.full(batch, np.nan)
     rates = np.full(batch, np.nan)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from topo_ep.analysis.backends import energy_per_sample
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import solve, step
+from topo_ep.engine import relax
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,5 @@ def energy_trace(
             rows.append(energy_per_sample(net, new, drives))
             return False
 
-        solve(
-            lambda current: step(net, current, drives, groups),
-            state,
-            steps,
-            residual=None,
-            observe=record,
-        )
+        relax(net, state, drives, groups, steps, observe=record)
     return EnergyTrace(schedule, torch.stack(rows).double().cpu().numpy())
