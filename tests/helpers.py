@@ -1,9 +1,14 @@
-"""Shared helpers for the test suite: where the shared reference data lives."""
+"""Shared helpers for the test suite: where the shared reference data lives, and the weight
+draw that the suite's fixed counterexamples were found with."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import torch
+
+from topo_ep.compiler import CompiledNetwork, glorot_uniform
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -34,3 +39,37 @@ def mnist_dir() -> Path | None:
         return None
     path = base / "data" / "mnist"
     return path if path.is_dir() else None
+
+
+def declaration_order_weights(net: CompiledNetwork, seed: int) -> CompiledNetwork:
+    """Redraw ``net``'s initial weights as topo-ep drew them before the per-tensor generators:
+    one generator seeded with ``seed``, every owned edge weight in declaration order, then the
+    readout, then the random readout feedback (Glorot-uniform in float64; ``init: identity``
+    and ``zeros`` edges draw nothing).
+
+    Tests whose networks were found by a random search under that draw (fixed
+    counterexamples, nets tuned to settle in a given number of steps) keep their exact weights
+    with it; what they assert does not depend on how the weights were drawn.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    spec = net.spec
+    with torch.no_grad():
+        for edge in spec.edges:
+            if edge.is_tied or edge.init != "glorot_uniform":
+                continue
+            rows, cols = spec.size_of(edge.target), spec.size_of(edge.source)
+            net.weight_of(edge.key).copy_(glorot_uniform(rows, cols, generator))
+        shape = net.readout_weight.shape
+        net.readout_weight.copy_(glorot_uniform(*shape, generator))
+        if net.readout_feedback is not None:
+            net.readout_feedback.copy_(glorot_uniform(*shape, generator))
+    return net
+
+
+def build_as_found(case) -> CompiledNetwork:
+    """A :class:`topo_ep.testing.NetworkCase` in float64 with the weights it was found with
+    (:func:`declaration_order_weights`), then scaled as the case says."""
+    from topo_ep.compiler import compile_topology
+
+    net = compile_topology(case.spec, seed=case.seed, dtype=torch.float64)
+    return case.scaled(declaration_order_weights(net, case.seed))

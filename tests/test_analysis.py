@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import declaration_order_weights
 from topo_ep import spectral
 from topo_ep.analysis.backends import energy_per_sample, implicit_gradient
 from topo_ep.analysis.balance import balance_report
@@ -232,7 +233,7 @@ def test_step_with_tangent_follows_the_engine_exactly(schedule):
 @pytest.mark.parametrize(("feedback", "gain"), [("tied", 0.1), ("random", 0.5)])
 def test_lyapunov_exponent_of_a_linear_map_is_log_spectral_radius(feedback, gain):
     spec = network((5, 6, 5, 4), gain=gain, feedback=feedback, activation="identity")
-    net = compile_topology(spec, seed=4, dtype=F64)
+    net = declaration_order_weights(compile_topology(spec, seed=4, dtype=F64), 4)
     radius = spectral.spectral_radius(net)
     assert radius < 1  # contracting
     x, _ = batch(spec, size=3)
@@ -252,7 +253,7 @@ def test_lyapunov_exponent_is_positive_for_an_expanding_linear_map():
 
 def test_convergence_rate_of_a_linear_relaxation_is_the_spectral_radius():
     spec = network((5, 6, 5, 4), gain=0.5, feedback="random", activation="identity")
-    net = compile_topology(spec, seed=4, dtype=F64)
+    net = declaration_order_weights(compile_topology(spec, seed=4, dtype=F64), 4)
     radius = spectral.spectral_radius(net)
     x, _ = batch(spec, size=3)
     result = convergence_times(net, x, "synchronous", max_steps=2000)

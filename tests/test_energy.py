@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import build_as_found
 from topo_ep import graph
 from topo_ep.balance import analyse_balance, energy_scales, is_balanced
 from topo_ep.cli import main
@@ -428,7 +429,7 @@ EVEN_ODD = ((0, 2), (1,))  # {h1, h3}, {h2}: the even/odd split of a chain
 
 def traces(steps: int = 12):
     case, x = counterexample()
-    net = case.build()
+    net = build_as_found(case)
     drives = Energy(net).drives(x)
     colour, _ = energy_trace(net, drives, net.schedule("colour"), steps)
     even_odd, _ = energy_trace(net, drives, EVEN_ODD, steps)
@@ -446,7 +447,7 @@ def test_wrong_colouring_raises_the_energy_and_colour_does_not():
     rises = even_odd[1:] - even_odd[:-1]
     assert float(rises.max()) > 1.0  # measured 9.49 at step 4
     # the weights x3 matter: without them even/odd happens to descend on this draw
-    plain = NetworkCase(net.spec, seed=7).build()
+    plain = build_as_found(NetworkCase(net.spec, seed=7))
     _, x = counterexample()
     trace, _ = energy_trace(plain, Energy(plain).drives(x), EVEN_ODD, 12)
     assert float((trace[1:] - trace[:-1]).max()) <= 1e-9

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import build_as_found, declaration_order_weights
 from tests.test_engine import _data, _true_gradients, _two_layer_net
 from topo_ep.balance import gain_factors, no_energy_reason
 from topo_ep.cli import build_parser, main
@@ -103,7 +104,7 @@ def _spec(
 
 def _net(spec: TopologySpec, seed: int = 0, scale: float = 1.0):
     """Compiled in float64 with every hidden-to-hidden weight times ``scale``; biases random."""
-    net = compile_topology(spec, seed=seed, dtype=F64)
+    net = declaration_order_weights(compile_topology(spec, seed=seed, dtype=F64), seed)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for binding in net.bindings.values():
@@ -435,7 +436,7 @@ def test_strong_coupling_bias_is_second_order_in_the_nudge():
     y = torch.tensor([1])
     misses = []
     for nudge in (1e-2, 1e-3, 1e-4):
-        net = compile_topology(spec, seed=0, dtype=F64)
+        net = declaration_order_weights(compile_topology(spec, seed=0, dtype=F64), 0)
         with torch.no_grad():
             for binding in net.learned_bindings():
                 if binding.edge.source != "input":
@@ -459,7 +460,7 @@ def _assert_fall_is_short_while_nudge_0_1_is_not_perturbative(
     worst, signals = [], []
     for nudge in (1e-1, 1e-2, 1e-3):
         result = check_gradients(
-            spec, CheckSettings(nudge=nudge, schedule="sweep"), net=case.build(), data=data
+            spec, CheckSettings(nudge=nudge, schedule="sweep"), net=build_as_found(case), data=data
         )
         assert result.converged and result.free_steps <= 250
         assert gain_factors(spec) is not None
@@ -567,7 +568,7 @@ def test_strong_coupling_ratio_bias_constant_near_3700_on_a_net_that_settles_in_
         result = check_gradients(
             spec,
             CheckSettings(nudge=nudge, schedule="sweep"),
-            net=case.build(),
+            net=build_as_found(case),
             data=(x, torch.tensor([1, 2])),
         )
         assert result.converged and result.free_steps <= 200
@@ -703,7 +704,10 @@ def test_strong_coupling_ratio_misses_1e_4_on_a_net_that_settles_in_150_steps():
     misses = []
     for nudge in (1e-2, 1e-3, 1e-4):
         result = check_gradients(
-            spec, CheckSettings(nudge=nudge, schedule="sweep"), net=case.build(), data=(x, y)
+            spec,
+            CheckSettings(nudge=nudge, schedule="sweep"),
+            net=build_as_found(case),
+            data=(x, y),
         )
         assert result.converged and result.energy_reason is None
         misses.append(max(abs(r.norm_ratio / r.predicted_ratio - 1) for r in result.rows))

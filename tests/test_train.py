@@ -130,8 +130,10 @@ def test_metrics_have_one_line_per_epoch_with_required_keys(runs, topology, meth
             assert 0 < record["nudged_steps"] <= phases * dynamics.nudged_steps
         else:
             assert record["free_steps"] == record["nudged_steps"] == 0
-    # training did something: the last epoch beats chance on the test split
-    assert records[-1]["test_acc"] > 0.2
+    # training did something (8 Adam steps of a 16-unit net): the loss falls and the last
+    # epoch beats chance (0.1) on the test split
+    assert records[1]["train_loss"] < 0.97 * records[0]["train_loss"]
+    assert records[-1]["test_acc"] > 0.12
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -14,7 +14,9 @@ where A_jk is W (forward, skip, random feedback) or W_partner^T (tied feedback).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -25,6 +27,7 @@ from torch import Tensor, nn
 from topo_ep.activations import Activation, get_activation
 from topo_ep.balance import Balance, analyse_balance, require_gain_factors
 from topo_ep.blocks import Block, DenseBlock, TransposeBlock
+from topo_ep.errors import TopoEpError
 from topo_ep.graph import feedforward_order
 from topo_ep.layout import Layout
 from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
@@ -58,6 +61,17 @@ class EdgeBinding:
     tied_to: str | None = None
 
 
+def tensor_generator(seed: int, name: str) -> torch.Generator:
+    """The generator of one tensor's initial values, keyed by (seed, tensor name).
+
+    The 64-bit state is the first 8 bytes of sha256("<seed>:<name>"), so each tensor depends
+    on the seed and its own name only: declaring edges in another order, adding or removing an
+    edge leaves every other tensor's initial values unchanged.
+    """
+    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
 def glorot_uniform(rows: int, cols: int, generator: torch.Generator) -> Tensor:
     """U(-a, a) with a = sqrt(6 / (rows + cols)), drawn in float64 on the CPU."""
     bound = math.sqrt(6.0 / (rows + cols))
@@ -70,6 +84,53 @@ def _initial_weight(edge: EdgeSpec, rows: int, cols: int, generator: torch.Gener
     if edge.init == "zeros":
         return torch.zeros(rows, cols, dtype=torch.float64)
     return glorot_uniform(rows, cols, generator)
+
+
+#: Name of the fixed random readout feedback B_f in :func:`tensor_generator`.
+READOUT_FEEDBACK = "readout:feedback"
+
+
+def parameter_bytes(spec: TopologySpec, dtype: torch.dtype) -> int:
+    """Bytes the compiled tensors take: every owned weight, bias and readout matrix in
+    ``dtype``, plus the float64 draw of the largest one (initial values are drawn in float64)."""
+    counts = [spec.size_of(e.target) * spec.size_of(e.source) for e in spec.edges if not e.is_tied]
+    readout = spec.readout.size * spec.size_of(spec.readout.source)
+    counts += [readout] * (2 if spec.readout.feedback == "random" else 1)
+    counts += [layer.size for layer in spec.layers if layer.bias] + [spec.readout.size]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return sum(counts) * itemsize + max(counts) * 8
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or ``None``."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def require_memory(spec: TopologySpec, dtype: torch.dtype) -> None:
+    """Refuse, before allocating anything, a network whose tensors would not fit in memory.
+
+    Raises
+    ------
+    TopoEpError
+        With the bytes needed and the bytes available.
+    """
+    needed, available = parameter_bytes(spec, dtype), available_memory()
+    if available is not None and needed > available:
+        raise TopoEpError(
+            f"topology {spec.name!r} needs {needed:,} bytes ({needed / 2**30:.3g} GiB) for its "
+            f"{str(dtype).removeprefix('torch.')} parameters, more than the {available:,} bytes "
+            f"({available / 2**30:.3g} GiB) of memory available; reduce the layer sizes"
+        )
 
 
 #: Ordered groups of layer indices: the form of a schedule the engine runs.
@@ -88,8 +149,10 @@ class CompiledNetwork(nn.Module):
     spec
         The validated topology.
     seed
-        Seeds the initial weights (drawn in declaration order, float64, on the CPU, so the same
-        seed gives the same network in every dtype and on every device).
+        Seeds the initial weights. Each tensor is drawn from its own generator keyed by the
+        seed and its name (:func:`tensor_generator`: the edge key, ``readout`` or
+        ``readout:feedback``), in float64 on the CPU, so the same seed gives the same network
+        in every dtype, on every device and in every declaration order.
     dtype, device
         Where the tensors live.
     """
@@ -113,7 +176,7 @@ class CompiledNetwork(nn.Module):
         )
         self.top = self.layout.index(spec.readout.source)
         self._schedules: dict[str, Schedule] = {}
-        generator = torch.Generator().manual_seed(int(seed))
+        require_memory(spec, dtype)
 
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
@@ -123,6 +186,7 @@ class CompiledNetwork(nn.Module):
             if edge.is_tied:
                 continue
             rows, cols = spec.size_of(edge.target), spec.size_of(edge.source)
+            generator = tensor_generator(seed, edge.key)
             value = _initial_weight(edge, rows, cols, generator).to(dtype)
             name = _tensor_name(edge)
             if edge.learned:
@@ -141,11 +205,13 @@ class CompiledNetwork(nn.Module):
                 self.biases[layer.name] = nn.Parameter(torch.zeros(layer.size, dtype=dtype))
 
         n_out, n_top = spec.readout.size, spec.size_of(spec.readout.source)
-        self.readout_weight = nn.Parameter(glorot_uniform(n_out, n_top, generator).to(dtype))
+        readout = glorot_uniform(n_out, n_top, tensor_generator(seed, READOUT_WEIGHT.name))
+        self.readout_weight = nn.Parameter(readout.to(dtype))
         self.readout_bias = (
             nn.Parameter(torch.zeros(n_out, dtype=dtype)) if spec.readout.bias else None
         )
         if spec.readout.feedback == "random":
+            generator = tensor_generator(seed, READOUT_FEEDBACK)
             self.register_buffer(
                 "readout_feedback", glorot_uniform(n_out, n_top, generator).to(dtype)
             )

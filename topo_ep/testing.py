@@ -310,8 +310,12 @@ class NetworkCase:
     def build(
         self, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
     ) -> CompiledNetwork:
-        """Compile the topology and scale its weights."""
-        net = compile_topology(self.spec, seed=self.seed, dtype=dtype, device=device)
+        """Compile the topology and scale its weights (:meth:`scaled`)."""
+        return self.scaled(compile_topology(self.spec, seed=self.seed, dtype=dtype, device=device))
+
+    def scaled(self, net: CompiledNetwork) -> CompiledNetwork:
+        """Multiply the hidden-to-hidden weights of ``net`` (compiled from :attr:`spec`) by
+        :attr:`weight_scale` and the :attr:`edge_scales` factors, in place."""
         factors = {key: self.weight_scale for key in net.bindings}
         for key, factor in self.edge_scales:
             factors[key] = factors.get(key, 1.0) * factor
