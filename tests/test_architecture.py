@@ -143,3 +143,15 @@ def test_the_circles_of_the_house_issue_are_gone(source, target):
 def test_the_scanner_sees_function_level_imports():
     """The scanner is not blind to lazy imports (a circle hidden in a function still counts)."""
     assert import_graph().has_edge("topo_ep.cli", "topo_ep.train")  # imported inside _cmd_train
+
+
+def test_every_local_module_is_loaded_before_any_test_runs():
+    """Hypothesis draws constants from the local modules in ``sys.modules``; conftest loads
+    them all up front, so the examples do not depend on which tests ran first."""
+    import sys
+
+    from tests.conftest import local_module_names
+
+    names = local_module_names()
+    assert "topo_ep.analysis.sweep" in names and "tests.test_properties" in names
+    assert [name for name in names if name not in sys.modules] == []

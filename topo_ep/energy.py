@@ -40,7 +40,7 @@ from torch import Tensor
 
 from topo_ep.balance import Balance
 from topo_ep.compiler import CompiledNetwork, Schedule
-from topo_ep.engine import step
+from topo_ep.engine import relax
 from topo_ep.errors import TopoEpError
 
 __all__ = [
@@ -261,10 +261,12 @@ def energy_trace(
         if start is None
         else list(start)
     )
-    values = []
     with torch.no_grad():
-        values.append(energy_of(state, drives))
-        for _ in range(steps):
-            state = step(net, state, drives, schedule)
-            values.append(energy_of(state, drives))
+        values = [energy_of(state, drives)]
+
+        def record(_t: int, new: list[Tensor], _old: list[Tensor]) -> bool:
+            values.append(energy_of(new, drives))
+            return False
+
+        state, _ = relax(net, state, drives, schedule, steps, observe=record)
     return torch.stack(values), state

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from topo_ep.analysis.backends import energy_per_sample
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import relax
+from topo_ep.energy import energy_trace as energy_along
 
 
 @dataclass(frozen=True)
@@ -62,18 +61,9 @@ def energy_trace(
 
     Raises
     ------
-    ValueError
+    topo_ep.energy.NoEnergyError
         When the topology is not balanced (it has no energy).
     """
-    groups = net.schedule(schedule)
     with torch.no_grad():
-        drives = net.input_drive(x)
-        state = net.layout.zeros(x.shape[0], dtype=net.dtype, device=net.device)
-        rows = [energy_per_sample(net, state, drives)]
-
-        def record(_t: int, new: list[Tensor], _old: list[Tensor]) -> bool:
-            rows.append(energy_per_sample(net, new, drives))
-            return False
-
-        relax(net, state, drives, groups, steps, observe=record)
-    return EnergyTrace(schedule, torch.stack(rows).double().cpu().numpy())
+        trace, _ = energy_along(net, net.input_drive(x), net.schedule(schedule), steps)
+    return EnergyTrace(schedule, trace.double().cpu().numpy())
