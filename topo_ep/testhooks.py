@@ -2,7 +2,8 @@
 
 When the environment variable :data:`PAUSE_ENV` reads ``POINT=FLAG`` or ``POINT@EPOCH=FLAG`` and
 the process reaches that point (of that epoch), it creates the file ``FLAG`` (holding its process
-id) and sleeps for :data:`PAUSE_SECONDS`; the test waits for the file and kills the process.
+id) and sleeps for :data:`PAUSE_SECONDS` (or ``$TOPO_EP_TEST_PAUSE_SECONDS``); the test waits
+for the file and kills the process.
 Without the variable nothing happens. The points:
 
 ``mid-epoch``
@@ -26,7 +27,9 @@ from pathlib import Path
 
 #: The environment variable read by :func:`pause_point`.
 PAUSE_ENV = "TOPO_EP_TEST_PAUSE"
-#: How long a paused process sleeps before it goes on.
+#: The environment variable that sets the pause's length in seconds.
+SECONDS_ENV = "TOPO_EP_TEST_PAUSE_SECONDS"
+#: How long a paused process sleeps before it goes on, unless :data:`SECONDS_ENV` says.
 PAUSE_SECONDS = 60.0
 
 
@@ -42,4 +45,8 @@ def pause_point(point: str, epoch: int | None = None) -> None:
     if at and (epoch is None or at != str(epoch)):
         return
     Path(flag).write_text(f"{os.getpid()}\n", encoding="utf-8")
-    time.sleep(PAUSE_SECONDS)
+    try:
+        seconds = float(os.environ.get(SECONDS_ENV, PAUSE_SECONDS))
+    except ValueError:
+        seconds = PAUSE_SECONDS
+    time.sleep(seconds)

@@ -54,14 +54,39 @@ _OCTAL_11 = re.compile(r"^[-+]?0[0-9_]+$")
 Positions = dict[tuple, Location]
 
 
+class _TooManyNodes(Exception):
+    """Composing went past :data:`MAX_NODES` nodes; ``mark`` is where."""
+
+    def __init__(self, mark: Any) -> None:
+        super().__init__("too many nodes")
+        self.mark = mark
+
+
+def _too_many_nodes(location: Location, path: tuple = ()) -> TopologyError:
+    return TopologyError(
+        "absurd-number",
+        f"the document has more than {MAX_NODES} YAML nodes (values, lists and mappings), the "
+        "most a topology file may hold; declare large networks with a generate: block",
+        location,
+        _dotted(path),
+    )
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe loader that reads ``1e-3`` as a float and refuses deep nesting while composing."""
+    """Safe loader that reads ``1e-3`` as a float and, while composing, refuses deep nesting
+    and more than :data:`MAX_NODES` nodes (mapping keys not counted), so that a large document
+    stops early."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.nesting = 0
+        self.composed = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
+        if parent is None or index is not None:  # a value or an item, not a mapping key
+            self.composed += 1
+            if self.composed > MAX_NODES:
+                raise _TooManyNodes(self.peek_event().start_mark)
         self.nesting += 1
         try:
             if self.nesting > MAX_DEPTH:
@@ -124,14 +149,7 @@ class _Converter:
                     node,
                     path,
                 )
-            raise self.error(
-                "absurd-number",
-                f"the document has more than {MAX_NODES} YAML nodes (values, lists and "
-                "mappings), the most a topology file may hold; declare large networks with a "
-                "generate: block",
-                node,
-                path,
-            )
+            raise _too_many_nodes(self.location(node), path)
         if depth > MAX_DEPTH:
             raise self.error("yaml-syntax", f"nesting deeper than {MAX_DEPTH} levels", node, path)
         self.positions[path] = self.location(node)
@@ -331,6 +349,8 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, Positions]:
             root = loader.get_single_node()
         finally:
             loader.dispose()
+    except _TooManyNodes as exc:
+        raise _too_many_nodes(_mark_location(filename, exc.mark)) from None
     except yaml.reader.ReaderError as exc:
         raise TopologyError(
             "encoding",
