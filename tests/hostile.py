@@ -119,9 +119,7 @@ def sparse_file(path: Path, header: bytes, size: int) -> Path:
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def mutated_checkpoint(
-    source: Path, target: Path, change: Callable[[dict[str, Any]], Any]
-) -> Path:
+def mutated_checkpoint(source: Path, target: Path, change: Callable[[dict[str, Any]], Any]) -> Path:
     """Copy the checkpoint ``source`` to ``target`` with ``change(payload)`` applied; when
     ``change`` returns something other than ``None``, that is saved instead."""
     payload = torch.load(source, map_location="cpu", weights_only=True)
