@@ -16,9 +16,10 @@ An epoch is committed whole: its checkpoint first, then its metrics line, with C
 SIGTERM held back meanwhile (:func:`topo_ep.interrupts.signals_deferred`). A kill between the
 two leaves metrics.jsonl one epoch behind the checkpoint; resuming rewrites it from the
 checkpoint's metrics. While :meth:`Trainer.run` writes a run directory it holds the directory's
-:class:`~topo_ep.rundir.RunLock`. After every optimizer step the weights are checked for NaN and
-infinite values (read on the host once per epoch): a run whose weights became non-finite stops
-with :class:`~topo_ep.errors.RunFailedError` before anything of that epoch is written.
+:class:`~topo_ep.rundir.RunLock`. Every batch's loss is checked for NaN and infinite values
+through a flag on the device, read once per epoch (no host sync per batch), and the weights at
+the end of each epoch: a run whose loss or weights became non-finite stops with
+:class:`~topo_ep.errors.RunFailedError` before anything of that epoch is written.
 """
 
 from __future__ import annotations
@@ -392,7 +393,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        # all weights finite after every step so far: a device flag, read once per epoch
+        # every batch loss finite so far: a device flag, read once per epoch (no sync per batch);
+        # the weights themselves are checked once, at the end of the epoch
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         batches = iterate_batches(split, batch_size, epoch_generator(self.settings.seed, epoch))
         bar = tqdm(
@@ -431,7 +433,7 @@ class Trainer:
                     f"{self.settings.dtype}. {self._saved_state(epoch)}"
                 ) from None
             self.steps_taken += 1
-            finite &= torch.stack([torch.isfinite(p).all() for p in params]).all()
+            finite &= torch.isfinite(result.loss).all()
             if totals.batches == 0:
                 pause_point("mid-epoch", epoch)
             totals.loss += result.loss.double() * len(y)
@@ -442,7 +444,7 @@ class Trainer:
             totals.nudged_steps += result.nudged_steps
             totals.unconverged += not result.converged
         bar.close()
-        if not bool(finite):
+        if not bool(finite) or not _all_finite(params):
             raise self._non_finite_error(epoch, lr)
         return totals
 
@@ -460,9 +462,9 @@ class Trainer:
     def _non_finite_error(self, epoch: int, lr: float) -> RunFailedError:
         t = self.spec.training
         return RunFailedError(
-            f"epoch {epoch}: the weights became non-finite (NaN or inf) after an optimizer step, "
-            f"so training stopped; the learning rate is probably too large (training.lr = "
-            f"{lr:g}, optimizer {t.optimizer}). {self._saved_state(epoch)}"
+            f"epoch {epoch}: the weights or the loss became non-finite (NaN or inf) after an "
+            "optimizer step, so training stopped; the learning rate is probably too large "
+            f"(training.lr = {lr:g}, optimizer {t.optimizer}). {self._saved_state(epoch)}"
         )
 
     def _warn_unconverged(self, epoch: int, totals: EpochTotals) -> None:
