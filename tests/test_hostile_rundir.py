@@ -107,6 +107,7 @@ def test_a_run_that_finished_no_epoch_is_not_data(tmp_path: Path) -> None:
 
 def test_stale_temporary_files_are_removed_but_not_others(tmp_path: Path) -> None:
     names = [".checkpoint.pt.a1.tmp", ".metrics.jsonl.b2.tmp", ".config.yaml.c3.tmp"]
+    names.append(".topo-ep-probe.d4.tmp")
     for name in [*names, "notes.tmp", ".other.x.tmp", "checkpoint.pt"]:
         hostile.write(tmp_path / name, "x")
     removed = remove_stale_temps(tmp_path)

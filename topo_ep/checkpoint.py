@@ -232,7 +232,9 @@ def _check_settings(settings: Any, method: str, where: Path) -> None:
     if settings.get("dtype", "float32") not in DTYPE_NAMES:
         raise _bad(where, "settings.dtype", f"one of {', '.join(DTYPE_NAMES)}", settings["dtype"])
     if settings.get("method", method) != method:
-        raise _bad(where, "settings.method", f"the checkpoint's method {method!r}", settings)
+        raise _bad(
+            where, "settings.method", f"the checkpoint's method {method!r}", settings["method"]
+        )
 
 
 def _check_optimizer(optimizer: Any, where: Path) -> None:

@@ -31,8 +31,13 @@ from topo_ep.errors import TopoEpError
 RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", "flow.jsonl")
 #: The lock file of a run directory (removed when the lock is released).
 LOCK_NAME = ".topo-ep.lock"
-#: Temporary files of :func:`topo_ep.checkpoint.save_atomic` and :func:`write_text_atomic`.
-_TEMP = re.compile(r"^\.(?:" + "|".join(re.escape(name) for name in RUN_FILES) + r")\..+\.tmp$")
+#: Prefix of the file :func:`ensure_output_dir` creates and removes to probe a directory.
+_PROBE = "topo-ep-probe"
+#: Temporary files of :func:`topo_ep.checkpoint.save_atomic`, :func:`write_text_atomic` and
+#: :func:`ensure_output_dir`.
+_TEMP = re.compile(
+    r"^\.(?:" + "|".join(re.escape(name) for name in (*RUN_FILES, _PROBE)) + r")\..+\.tmp$"
+)
 #: How often :meth:`RunLock.acquire` retries when the previous holder removed the file.
 _LOCK_ATTEMPTS = 20
 
@@ -104,7 +109,7 @@ def ensure_output_dir(path: str | os.PathLike[str], option: str = "--out") -> Pa
                 f"{option} {text}: cannot create the directory: {_reason(exc)}"
             ) from None
     try:
-        fd, probe = tempfile.mkstemp(prefix=".topo-ep-probe.", dir=directory)
+        fd, probe = tempfile.mkstemp(prefix=f".{_PROBE}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise RunDirError(
             f"{option} {text}: cannot write in this directory: {_reason(exc)}"
