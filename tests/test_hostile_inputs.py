@@ -813,6 +813,13 @@ CASES = [
         ("unknown schedule 'bogus'", "sweep"),
     ),
     Case(
+        "sweep-schedule-bogus",
+        "cli",
+        _cli("sweep", "TOPO", "--set-values", "feedback_gain=0.1", "--schedule", "bogus"),
+        2,
+        ("--schedule: unknown schedule 'bogus'",),
+    ),
+    Case(
         "check-gradients-schedule-bogus",
         "cli",
         _cli("check-gradients", "TOPO", "--schedule", "bogus"),

@@ -3,8 +3,8 @@
 Every subcommand lives in a small function ``_cmd_<name>(args) -> int``. No input gives a
 traceback; the exit codes are
 
-- 2 for an error in the user's input (:class:`~topo_ep.errors.TopoEpError`, or a command-line
-  value that argparse refuses: a negative seed, ``--batch 0``, an unknown schedule);
+- 2 for an error in the user's input (:class:`~topo_ep.errors.TopoEpError`, e.g. an unknown
+  ``--schedule``, or a command-line value that argparse refuses: a negative seed, ``--batch 0``);
 - 1 for a run that failed (:class:`~topo_ep.errors.RunFailedError`, e.g. weights that became
   NaN; memory exhausted; a number that overflowed; a file that could not be written);
 - 130 after Ctrl-C and 143 after SIGTERM (which raises :class:`~topo_ep.interrupts.Terminated`).
@@ -74,15 +74,16 @@ def _seed(text: str) -> int:
     return value
 
 
-def _schedule(text: str) -> str:
+def _check_schedules(*names: str | None) -> None:
+    """Refuse an unknown ``--schedule`` before any work (a user error: exit code 2)."""
     from topo_ep.choices import schedule_names
 
-    names = schedule_names()
-    if text not in names:
-        raise argparse.ArgumentTypeError(
-            f"unknown schedule {text!r}; expected one of {', '.join(names)}"
-        )
-    return text
+    known = schedule_names()
+    for name in names:
+        if name is not None and name not in known:
+            raise TopoEpError(
+                f"--schedule: unknown schedule {name!r}; expected one of {', '.join(known)}"
+            )
 
 
 def _add_set_option(parser: argparse.ArgumentParser) -> None:
@@ -230,6 +231,7 @@ def _cmd_check_gradients(args: argparse.Namespace) -> int:
     from topo_ep.gradcheck import CheckSettings, check_gradients
     from topo_ep.loader import load_topology
 
+    _check_schedules(args.schedule)
     spec = load_topology(args.file, overrides=args.overrides)
     _check_checkpoint(args.checkpoint)
     try:
@@ -278,6 +280,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from topo_ep.analysis.run import AnalysisOptions, analyse
     from topo_ep.rundir import ensure_output_dir
 
+    _check_schedules(*(args.schedule or ()))
     ensure_output_dir(args.out)
     _check_checkpoint(args.checkpoint)
     torch.manual_seed(args.seed)
@@ -307,6 +310,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     from topo_ep.rundir import ensure_output_dir
 
+    _check_schedules(args.schedule)
     ensure_output_dir(args.out)
     path, values = parse_set_values(args.set_values)
     settings = SweepSettings(
@@ -423,9 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="divide each edge's update by its predicted factor (needs an energy)",
     )
-    p.add_argument(
-        "--schedule", type=_schedule, default=None, help="relaxation schedule (the topology's)"
-    )
+    p.add_argument("--schedule", default=None, help="relaxation schedule (the topology's)")
     p.add_argument("--max-steps", type=_positive_int, default=20000, help="step limit per phase")
     p.add_argument(
         "--checkpoint",
@@ -461,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the checkpoint's, else float32")  # fmt: skip
     p.add_argument("--seed", type=_seed, default=0, help="weights of a fresh network (0)")
     p.add_argument("--batch", type=_positive_int, default=64, help="test examples analysed (64)")
-    p.add_argument("--schedule", action="append", default=None, type=_schedule,
+    p.add_argument("--schedule", action="append", default=None,
                    help="schedule to analyse (repeatable; default: every schedule)")  # fmt: skip
     p.add_argument("--max-steps", type=_positive_int, default=1000,
                    help="convergence step limit (1000)")  # fmt: skip
@@ -487,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use at most N training examples")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--batch", type=_positive_int, default=64, help="test examples analysed (64)")
-    p.add_argument("--schedule", type=_schedule, default=None,
+    p.add_argument("--schedule", default=None,
                    help="schedule analysed (the topology's)")  # fmt: skip
     p.add_argument("--max-steps", type=_positive_int, default=1000,
                    help="convergence step limit (1000)")  # fmt: skip
