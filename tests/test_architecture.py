@@ -20,9 +20,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "topo_ep"
 #: learner -> analysis, and the command line sits on top.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # vocabulary: no behaviour beyond plain data and tensors
-    ("", "errors", "spec", "layout", "activations", "params", "blocks"),
-    # reading text and data files
-    ("yaml_source", "fields", "registry", "data", "checkpoint"),
+    ("", "errors", "spec", "layout", "activations", "params", "blocks", "testhooks", "interrupts"),
+    # reading and writing files
+    ("yaml_source", "fields", "registry", "data", "checkpoint", "rundir"),
     # questions about the declared graph
     ("graph", "schedules", "balance", "generate"),
     # the schema and the load path

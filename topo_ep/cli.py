@@ -1,7 +1,13 @@
 """The ``topo-ep`` command line.
 
-Every subcommand lives in a small function ``_cmd_<name>(args) -> int``. Errors caused by user
-input (:class:`~topo_ep.errors.TopoEpError`) are printed without a traceback and give exit code 2.
+Every subcommand lives in a small function ``_cmd_<name>(args) -> int``. No input gives a
+traceback; the exit codes are
+
+- 2 for an error in the user's input (:class:`~topo_ep.errors.TopoEpError`, e.g. an unknown
+  ``--schedule``, or a command-line value that argparse refuses: a negative seed, ``--batch 0``);
+- 1 for a run that failed (:class:`~topo_ep.errors.RunFailedError`, e.g. weights that became
+  NaN; memory exhausted; a number that overflowed; a file that could not be written);
+- 130 after Ctrl-C and 143 after SIGTERM (which raises :class:`~topo_ep.interrupts.Terminated`).
 """
 
 from __future__ import annotations
@@ -11,9 +17,62 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from topo_ep.errors import TopoEpError
+from topo_ep.errors import RunFailedError, TopoEpError
+from topo_ep.interrupts import exit_code, sigterm_raises
 from topo_ep.registry import Registry
+
+if TYPE_CHECKING:
+    from topo_ep.rundir import RunLock
+    from topo_ep.spec import TopologySpec
+
+#: Seeds accepted: what torch's and numpy's generators take, with room for the epoch offsets.
+SEED_LIMIT = 2**63
+
+TRAIN_EPILOG = """run directories (--out):
+  A new run needs an empty or missing directory. A directory that holds a run is refused
+  unless you pass --resume (continue it) or --overwrite (move the old run aside, to
+  OUT.old-<date>-<time>, and start again). While a training runs it holds a lock on the
+  directory: a second training into it exits with code 2.
+  --resume continues from OUT/checkpoint.pt and refuses settings that differ from the
+  checkpoint's, naming each: --seed, --dtype, --limit, --dataset, --method, the topology
+  file and its --set options. What may change: --epochs (more epochs), --device and
+  --data-dir (and, later, the number of data-parallel ranks).
+  An epoch is saved whole, checkpoint first, then its metrics line; Ctrl-C (exit 130) or
+  SIGTERM (exit 143) abandons the epoch in progress and leaves no temporary file.
+  Weights that become NaN or infinite stop the run with exit code 1 before they are saved.
+"""
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _integer(text)
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"a seed is an integer from 0 to 2**63 - 1 = {SEED_LIMIT - 1}, got {text!r}"
+        )
+    return value
 
 
 class _RegistryNames:
@@ -105,12 +164,37 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_checkpoint(path: str | None) -> None:
+    """Refuse a checkpoint that cannot be read or holds non-finite weights, before analysing."""
+    if path is None:
+        return
+    from topo_ep.checkpoint import check_finite, checkpoint_file, load_checkpoint
+
+    check_finite(load_checkpoint(path), checkpoint_file(path))
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from topo_ep.data import check_compatible, load_dataset
+    from pathlib import Path
+
     from topo_ep.loader import load_topology
-    from topo_ep.train import RunSettings, Trainer, summary_line
+    from topo_ep.rundir import RunDirError, RunLock, ensure_output_dir, prepare_run_dir
 
     spec = load_topology(args.file, overrides=args.overrides)
+    if args.resume and not os.path.lexists(args.out):
+        raise RunDirError(f"--resume: there is no run directory {args.out} to continue")
+    out = ensure_output_dir(args.out)
+    with RunLock(out) as lock:
+        moved = prepare_run_dir(Path(out), resume=args.resume, overwrite=args.overwrite)
+        if moved is not None:
+            print(f"--overwrite: moved the previous run in {out} to {moved}")
+        return _train_locked(args, spec, lock)
+
+
+def _train_locked(args: argparse.Namespace, spec: TopologySpec, lock: RunLock) -> int:
+    """The training of ``_cmd_train`` once the run directory is locked and checked."""
+    from topo_ep.data import check_compatible, load_dataset
+    from topo_ep.train import RunSettings, Trainer, summary_line
+
     settings = RunSettings(
         method=args.method,
         epochs=args.epochs if args.epochs is not None else spec.training.epochs,
@@ -123,9 +207,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     dataset = load_dataset(args.dataset, args.data_dir, seed=args.seed, limit=args.limit)
     check_compatible(dataset, spec.input.size, spec.readout.size, args.file)
-    trainer = Trainer(spec, dataset, settings, out_dir=args.out, progress=not args.quiet)
+    trainer = Trainer(spec, dataset, settings, out_dir=args.out, progress=not args.quiet, lock=lock)
     if args.resume:
         trainer.resume(args.out)
+        done = trainer.start_epoch - 1
+        if settings.epochs < done:
+            raise TopoEpError(
+                f"--epochs {settings.epochs}: {args.out} already holds {done} epochs; a resumed "
+                f"run can only go on (pass --epochs {done + 1} or more)"
+            )
+        if settings.epochs == done:
+            print(
+                f"{args.out} already holds all {done} epochs: nothing to train (pass a larger "
+                "--epochs to continue)"
+            )
+            print(summary_line(spec, settings, trainer.metrics))
+            return 0
     print(
         f"training {spec.name} with {args.method} on {dataset.name} "
         f"({len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test), "
@@ -133,6 +230,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     if spec.input.standardised:
         print(f"inputs standardised: x <- (x - {spec.input.mean:g}) / {spec.input.std:g}")
+    for name, split in (("validation", dataset.val), ("test", dataset.test)):
+        if len(split) == 0:
+            print(f"note: the {name} split is empty: its accuracy is reported as n/a (null)")
     if args.track_flow > 0:
         from topo_ep.analysis.tracking import FLOW_FILE, train_with_flow
 
@@ -161,6 +261,7 @@ def _cmd_check_gradients(args: argparse.Namespace) -> int:
     from topo_ep.loader import load_topology
 
     spec = load_topology(args.file, overrides=args.overrides)
+    _check_checkpoint(args.checkpoint)
     try:
         settings = CheckSettings(
             nudge=args.nudge,
@@ -205,7 +306,10 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     from topo_ep.analysis.inputs import analysis_batch, load_network
     from topo_ep.analysis.report import ReportContext, write_report
     from topo_ep.analysis.run import AnalysisOptions, analyse
+    from topo_ep.rundir import ensure_output_dir
 
+    ensure_output_dir(args.out)
+    _check_checkpoint(args.checkpoint)
     torch.manual_seed(args.seed)
     loaded = load_network(args.file, args.overrides, args.checkpoint, args.dtype, args.seed)
     dataset = args.dataset or loaded.dataset or "digits"
@@ -231,7 +335,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         run_sweep,
         write_tables,
     )
+    from topo_ep.rundir import ensure_output_dir
 
+    ensure_output_dir(args.out)
     path, values = parse_set_values(args.set_values)
     settings = SweepSettings(
         file=args.file,
@@ -271,14 +377,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="print the layout, the blocks and the parameter count")
     p.add_argument("file")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     _add_set_option(p)
     p.set_defaults(func=_cmd_compile)
 
-    p = sub.add_parser("train", help="train a topology")
+    p = sub.add_parser(
+        "train",
+        help="train a topology",
+        description="Train a topology and write OUT/checkpoint.pt, OUT/config.yaml and "
+        "OUT/metrics.jsonl.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("file")
     _add_data_options(p)
-    p.add_argument("--epochs", type=int, default=None, help="default: training.epochs")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="default: training.epochs")
     p.add_argument(
         "--method",
         choices=_RegistryNames(_methods),
@@ -286,16 +399,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="METHOD",
         help="learning method: %(choices)s (default: ep)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0, help="0 to 2**63 - 1 (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--out", default="runs/latest", help="run directory (default runs/latest)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--limit", type=int, default=None, help="use at most N training examples")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT from OUT/checkpoint.pt (same settings; see below)",
+    )
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="move the run that OUT holds aside (to OUT.old-<date>-<time>) and start a new one",
+    )
+    p.add_argument(
+        "--limit", type=_positive_int, default=None, help="use at most N training examples"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--track-flow",
-        type=int,
+        type=_non_negative_int,
         default=0,
         metavar="N",
         help="measure the gradient flow on the first N test examples before training and after "
@@ -324,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="output error re-read every step (default) or held at its free value",
     )
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
-    p.add_argument("--batch", type=int, default=16, help="random examples (16)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the weights and the batch")
+    p.add_argument("--batch", type=_positive_int, default=16, help="random examples (16)")
+    p.add_argument("--seed", type=_seed, default=0, help="seeds the weights and the batch")
     p.add_argument(
         "--max-angle", type=float, default=1e-6, help="failure threshold on 1 - cos (1e-6)"
     )
@@ -335,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="divide each edge's update by its predicted factor (needs an energy)",
     )
     _add_schedule_option(p, "relaxation schedule")
-    p.add_argument("--max-steps", type=int, default=20000, help="step limit per phase")
+    p.add_argument("--max-steps", type=_positive_int, default=20000, help="step limit per phase")
     p.add_argument(
         "--checkpoint",
         default=None,
@@ -368,12 +493,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="a trained checkpoint (or its run dir)")
     p.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="default: the checkpoint's, else float32")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="weights of a fresh network (0)")
-    p.add_argument("--batch", type=int, default=64, help="test examples analysed (64)")
+    p.add_argument("--seed", type=_seed, default=0, help="weights of a fresh network (0)")
+    p.add_argument("--batch", type=_positive_int, default=64, help="test examples analysed (64)")
     p.add_argument("--schedule", action="append", default=None, metavar="SCHEDULE",
                    choices=_RegistryNames(_schedules),
                    help="schedule to analyse: %(choices)s (repeatable; default: all)")  # fmt: skip
-    p.add_argument("--max-steps", type=int, default=1000, help="convergence step limit (1000)")
+    p.add_argument("--max-steps", type=_positive_int, default=1000,
+                   help="convergence step limit (1000)")  # fmt: skip
     p.add_argument("--out", default="runs/analysis", help="output folder (runs/analysis)")
     _add_set_option(p)
     p.set_defaults(func=_cmd_analyze)
@@ -389,36 +515,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-values", required=True, metavar="PATH=V1,V2,...",
                    help="the grid, e.g. feedback_gain=0.01,0.1,1")  # fmt: skip
     _add_data_options(p)
-    p.add_argument("--train-epochs", type=int, default=0, help="epochs per point (0: none)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds 0..K-1 per value (1)")
-    p.add_argument("--limit", type=int, default=None, help="use at most N training examples")
+    p.add_argument("--train-epochs", type=_non_negative_int, default=0,
+                   help="epochs per point (0: none)")  # fmt: skip
+    p.add_argument("--seeds", type=_positive_int, default=1, help="seeds 0..K-1 per value (1)")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="use at most N training examples")  # fmt: skip
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--batch", type=int, default=64, help="test examples analysed (64)")
+    p.add_argument("--batch", type=_positive_int, default=64, help="test examples analysed (64)")
     _add_schedule_option(p, "schedule analysed")
-    p.add_argument("--max-steps", type=int, default=1000, help="convergence step limit (1000)")
+    p.add_argument("--max-steps", type=_positive_int, default=1000,
+                   help="convergence step limit (1000)")  # fmt: skip
     p.add_argument("--out", default="runs/sweep", help="output folder (runs/sweep)")
     _add_set_option(p)
     p.set_defaults(func=_cmd_sweep)
     return parser
 
 
+def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
+    what = "terminated (SIGTERM)" if exit_code(exc) != 130 else "interrupted (Ctrl-C)"
+    if args.command == "train":
+        return (
+            f"{what}: the epoch in progress was abandoned; {args.out} keeps the last finished "
+            "epoch, if any (continue with --resume)"
+        )
+    return what
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code."""
+    """Run the command line; returns the exit code (see the module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        with sigterm_raises():
+            return int(args.func(args))
     except TopoEpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except RunFailedError as exc:
+        print(f"error: run failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        print(_interrupted(args, exc), file=sys.stderr)
+        return exit_code(exc)
+    except MemoryError:
+        print(
+            "error: run failed: out of memory (the network, the batch or the data is too large "
+            "for this machine)",
+            file=sys.stderr,
+        )
+        return 1
+    except OverflowError as exc:
+        print(f"error: run failed: a number overflowed ({exc})", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # the reader of stdout went away (`topo-ep compile FILE | head`): stop quietly, and
         # point stdout at devnull so that flushing it at exit cannot raise again
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: run failed: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
 
 

@@ -26,6 +26,11 @@ Within the train and validation splits the examples keep their order in the sour
 :func:`iterate_batches` shuffles. ``limit`` keeps a random subset of at most ``limit`` training
 examples, drawn with ``seed`` after the validation split has been carved out (validation and test
 splits are never limited). Nothing is cached on disk.
+
+An IDX file's header (magic number, dimensions) is checked before its data is read or
+decompressed: the declared size must fit :data:`MAX_IDX_BYTES` and the file's size (for a gzip
+file: what it can hold, then the decompressed stream, read in chunks), so a truncated file, a
+sparse file of 100 GB or a gzip bomb is refused quickly and with little memory.
 """
 
 from __future__ import annotations
@@ -33,10 +38,12 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -62,6 +69,13 @@ DATA_DIR_ENV = "TOPO_EP_DATA"
 #: Magic numbers of IDX files of unsigned bytes: 0x0803 (3-D images), 0x0801 (1-D labels).
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
+#: Largest IDX payload accepted, in bytes, checked against the header before reading.
+MAX_IDX_BYTES = 1 << 30
+#: Deflate compresses at most about 1032:1; a gzip declaring more than this ratio is corrupt.
+_GZIP_MAX_RATIO = 1032
+_GZIP_SLACK = 1 << 16
+#: Bytes read (decompressed) at a time.
+_IDX_CHUNK = 1 << 20
 
 #: The four IDX files of a dataset: role -> (canonical name, dot spelling).
 IDX_FILES = {
@@ -387,42 +401,100 @@ def find_idx_files(name: str, root: str | os.PathLike[str]) -> dict[str, Path]:
     )
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from exc
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{path}: corrupt gzip data: {exc}") from exc
-    return data
+def _read_into(stream: BinaryIO, buffer: np.ndarray) -> int:
+    """Fill ``buffer`` from ``stream`` in chunks; returns the number of bytes read."""
+    view = memoryview(buffer).cast("B")
+    got = 0
+    while got < len(view):
+        n = stream.readinto(view[got : got + _IDX_CHUNK])
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _parse_idx(path: Path, expected_magic: int) -> np.ndarray:
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"{path}: truncated IDX file ({len(data)} bytes, no header)")
-    magic = int.from_bytes(data[:4], "big")
+    """Read an IDX file of unsigned bytes, raw or gzipped, checking its header first.
+
+    The header (magic number and dimensions) is read and checked before anything large is
+    allocated or decompressed: the declared size must be at most :data:`MAX_IDX_BYTES`, equal
+    the size of a raw file, and be within what a gzip file of this size can hold. The payload is
+    then read (decompressed) in chunks into one buffer of the declared size, and a gzip stream
+    that goes on past it is refused after one more byte.
+    """
+    try:
+        with path.open("rb") as raw:
+            info = os.fstat(raw.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise DataError(f"{path}: not a regular file")
+            is_gzip = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            if is_gzip:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                    return _parse_idx_stream(stream, path, expected_magic, info.st_size, True)
+            return _parse_idx_stream(raw, path, expected_magic, info.st_size, False)
+    except DataError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: corrupt or truncated gzip data: {exc}") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def _parse_idx_stream(
+    stream: BinaryIO, path: Path, expected_magic: int, file_size: int, is_gzip: bool
+) -> np.ndarray:
+    head = stream.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: truncated IDX file ({len(head)} bytes, no header)")
+    magic = int.from_bytes(head, "big")
     if magic != expected_magic:
         raise DataError(
             f"{path}: bad IDX magic number {magic} (0x{magic:08x}), expected {expected_magic} "
             f"(0x{expected_magic:08x})"
         )
-    ndim = data[3]
+    ndim = head[3]
     header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + math.prod(dims)
-    if len(data) != expected:
-        state = "truncated" if len(data) < expected else "has trailing bytes"
+    dims_bytes = stream.read(4 * ndim)
+    if len(dims_bytes) < 4 * ndim:
+        raise DataError(
+            f"{path}: truncated IDX header ({4 + len(dims_bytes)} bytes, need {header})"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(dims_bytes, dtype=">u4"))
+    declared = math.prod(dims)
+    expected = header + declared
+    if declared > MAX_IDX_BYTES:
+        raise DataError(
+            f"{path}: the IDX header declares dimensions {dims}, {declared} bytes of data, more "
+            f"than the {MAX_IDX_BYTES} accepted (the largest MNIST file holds 47,040,000)"
+        )
+    if is_gzip:
+        bound = _GZIP_MAX_RATIO * file_size + _GZIP_SLACK
+        if expected > bound:
+            raise DataError(
+                f"{path}: the IDX header declares dimensions {dims} ({expected} bytes) but a "
+                f"gzip file of {file_size} bytes cannot hold more than about {bound}: corrupt"
+            )
+    elif file_size != expected:
+        state = "truncated" if file_size < expected else "has trailing bytes"
         raise DataError(
             f"{path}: IDX file {state}: header declares dimensions {dims} "
-            f"({expected} bytes) but the file holds {len(data)} bytes"
+            f"({expected} bytes) but the file holds {file_size} bytes"
         )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    buffer = np.empty(declared, dtype=np.uint8)
+    got = _read_into(stream, buffer)
+    if got < declared:
+        raise DataError(
+            f"{path}: IDX file truncated: header declares dimensions {dims} ({expected} bytes) "
+            f"but the {'decompressed ' if is_gzip else ''}data holds {header + got} bytes"
+        )
+    if is_gzip and stream.read(1):
+        raise DataError(
+            f"{path}: IDX file has trailing bytes: header declares dimensions {dims} "
+            f"({expected} bytes) but the decompressed data goes on past them"
+        )
+    buffer.flags.writeable = False
+    return buffer.reshape(dims)
 
 
 def read_idx_images(path: str | os.PathLike[str]) -> np.ndarray:

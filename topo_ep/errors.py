@@ -119,3 +119,8 @@ class DivergenceError(TopoEpError):
 
 class CheckpointError(TopoEpError):
     """A checkpoint could not be read or does not fit the topology."""
+
+
+class RunFailedError(Exception):
+    """A run that started from valid input failed (exit code 1), e.g. its weights became
+    non-finite. Not a :class:`TopoEpError`: the input was accepted, the run did not work out."""

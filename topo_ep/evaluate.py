@@ -1,4 +1,9 @@
-"""Evaluate a saved model: accuracy and loss on the validation and test splits."""
+"""Evaluate a saved model: accuracy and loss on the validation and test splits.
+
+The checkpoint is checked first (:func:`topo_ep.checkpoint.load_checkpoint`); one whose weights
+hold NaN or infinite values is refused rather than reported as "loss nan". An empty split is
+reported as n/a, not as accuracy 0.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,13 @@ from pathlib import Path
 
 import torch
 
-from topo_ep.checkpoint import load_checkpoint
+from topo_ep.checkpoint import check_finite, checkpoint_file, load_checkpoint
 from topo_ep.compiler import compile_topology
 from topo_ep.data import check_compatible, load_dataset
 from topo_ep.errors import CheckpointError
 from topo_ep.learn import make_method
-from topo_ep.train import DTYPES, dataset_on, evaluate_split, resolve_device
+from topo_ep.registry import UnknownNameError
+from topo_ep.train import DTYPES, dataset_on, evaluate_split, format_accuracy, resolve_device
 from topo_ep.validate import spec_from_dict
 
 
@@ -25,16 +31,23 @@ class EvaluationReport:
     method: str
     epoch: int
     dataset: str
-    val_loss: float
-    val_acc: float
-    test_loss: float
-    test_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    test_loss: float | None
+    test_acc: float | None
 
     def format(self) -> str:
+        """One line: the checkpoint, its topology, method and epoch, and both splits."""
+
+        def split(acc: float | None, loss: float | None) -> str:
+            if acc is None or loss is None:
+                return format_accuracy(None)
+            return f"{acc:.4f} (loss {loss:.4f})"
+
         return (
             f"{self.checkpoint}: {self.topology} [{self.method}], epoch {self.epoch}, "
-            f"{self.dataset}: val acc {self.val_acc:.4f} (loss {self.val_loss:.4f}), "
-            f"test acc {self.test_acc:.4f} (loss {self.test_loss:.4f})"
+            f"{self.dataset}: val acc {split(self.val_acc, self.val_loss)}, "
+            f"test acc {split(self.test_acc, self.test_loss)}"
         )
 
 
@@ -45,8 +58,16 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int = 2000,
 ) -> EvaluationReport:
-    """Rebuild the network a checkpoint was trained as and evaluate it with its method."""
+    """Rebuild the network a checkpoint was trained as and evaluate it with its method.
+
+    Raises
+    ------
+    CheckpointError
+        For a checkpoint that cannot be read, holds non-finite weights or weights that do not
+        fit its stored topology.
+    """
     payload = load_checkpoint(path)
+    check_finite(payload, checkpoint_file(path))
     spec = spec_from_dict(payload["spec"], filename=f"{path} (stored topology)")
     settings = payload.get("settings", {})
     dataset_name = dataset or settings.get("dataset", "digits")
@@ -55,12 +76,16 @@ def evaluate_checkpoint(
     net = compile_topology(spec, seed=0, dtype=dtype, device=target)
     try:
         net.load_state_dict(payload["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the stored topology ({exc})") from exc
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: weights do not fit the stored topology ({first})") from None
     data = load_dataset(dataset_name, data_dir or settings.get("data_dir"))
     check_compatible(data, spec.input.size, spec.readout.size, None)
     data = dataset_on(data, target)
-    method = make_method(payload["method"], spec)
+    try:
+        method = make_method(payload["method"], spec)
+    except UnknownNameError as exc:
+        raise CheckpointError(f"{path}: field 'method': {exc}") from None
     val_loss, val_acc = evaluate_split(method, net, data.val, batch_size)
     test_loss, test_acc = evaluate_split(method, net, data.test, batch_size)
     return EvaluationReport(

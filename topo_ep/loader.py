@@ -10,6 +10,7 @@ into an equal spec.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,13 +55,26 @@ def _decode(raw: bytes, filename: str) -> str:
     return text.removeprefix("\ufeff")
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
 def read_topology_text(path: str | os.PathLike[str]) -> str:
     """The text of a topology file, after checking path, size and encoding.
+
+    Only a regular file is read: a FIFO, a device or a socket is refused without blocking.
 
     Raises
     ------
     TopologyError
-        Kind ``path`` (missing, a directory, unreadable, too large) or ``encoding``.
+        Kind ``path`` (missing, a directory, not a regular file, unreadable, too large) or
+        ``encoding``.
     """
     filename = os.fspath(path)
     file = Path(filename)
@@ -91,7 +105,23 @@ def read_topology_text(path: str | os.PathLike[str]) -> str:
             Location(filename),
         )
     try:
-        with file.open("rb") as handle:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; only regular files are read
+        fd = os.open(filename, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise TopologyError(
+            "path", f"cannot read {filename!r}: {exc.strerror or exc}", Location(filename)
+        ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            raise TopologyError(
+                "path",
+                f"{filename!r} is {_file_kind(mode)}, not a regular file; expected a YAML "
+                "topology file",
+                Location(filename),
+            )
+        with os.fdopen(fd, "rb") as handle:
             raw = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise TopologyError(

@@ -152,6 +152,7 @@ def _apply(data: Any, override: Override, positions: dict[tuple, Location] | Non
                     field = dotted_path(path + (key,))
                     raise _error(f"{field} is a value, not a mapping or list", override.text, field)
                 node[key] = {}
+                _mark(positions, path + (key,))  # created by --set: errors about it name --set
         elif isinstance(node, list):
             key = _index(node, part, override, path)
         else:

@@ -4,13 +4,22 @@ A run directory holds
 
 - ``metrics.jsonl``: one JSON line per epoch (``epoch``, ``train_loss``, ``train_acc``,
   ``val_acc``, ``test_acc``, ``seconds``, ``free_steps``, ``nudged_steps``; accuracies are
-  fractions in [0, 1], step counts are means over the epoch's batches);
+  fractions in [0, 1], null for an empty split, step counts are means over the epoch's batches);
 - ``config.yaml``: the fully resolved topology, the run settings and the package versions;
 - ``checkpoint.pt``: model, optimizer and metrics after the last finished epoch, written
   atomically.
 
 The shuffling order of epoch e comes from a generator seeded with (seed, e) alone, so a run
 resumed from its checkpoint ends bit-identical to an uninterrupted one on the CPU.
+
+An epoch is committed whole: its checkpoint first, then its metrics line, with Ctrl-C and
+SIGTERM held back meanwhile (:func:`topo_ep.interrupts.signals_deferred`). A kill between the
+two leaves metrics.jsonl one epoch behind the checkpoint; resuming rewrites it from the
+checkpoint's metrics. While :meth:`Trainer.run` writes a run directory it holds the directory's
+:class:`~topo_ep.rundir.RunLock`. Every batch's loss is checked for NaN and infinite values
+through a flag on the device, read once per epoch (no host sync per batch), and the weights at
+the end of each epoch: a run whose loss or weights became non-finite stops with
+:class:`~topo_ep.errors.RunFailedError` before anything of that epoch is written.
 """
 
 from __future__ import annotations
@@ -29,14 +38,30 @@ import torch
 import yaml
 
 from topo_ep import __version__
-from topo_ep.checkpoint import load_checkpoint, save_atomic
+from topo_ep.checkpoint import check_finite, load_checkpoint, save_atomic
 from topo_ep.compiler import CompiledNetwork, compile_topology
 from topo_ep.data import Dataset, Split, iterate_batches
-from topo_ep.errors import CheckpointError, TopoEpError
+from topo_ep.errors import CheckpointError, DivergenceError, RunFailedError, TopoEpError
+from topo_ep.interrupts import signals_deferred
 from topo_ep.learn import Method, make_method
+from topo_ep.rundir import RunLock, remove_stale_temps, write_text_atomic
 from topo_ep.spec import TopologySpec
+from topo_ep.testhooks import pause_point
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Run settings that may differ when a run is resumed (with their command-line options).
+RESUMABLE_SETTINGS = ("epochs", "device", "data_dir", "eval_batch_size")
+#: The command-line option of each run setting, for messages.
+SETTING_OPTIONS = {
+    "method": "--method",
+    "epochs": "--epochs",
+    "seed": "--seed",
+    "device": "--device",
+    "dtype": "--dtype",
+    "dataset": "--dataset",
+    "data_dir": "--data-dir",
+    "limit": "--limit",
+}
 
 
 @dataclass(frozen=True)
@@ -59,11 +84,19 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TopoEpError("--device cuda was asked for, but torch sees no CUDA device")
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise TopoEpError(f"unknown device {name!r}; expected auto, cpu or cuda[:N]")
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TopoEpError("--device cuda was asked for, but torch sees no CUDA device")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise TopoEpError(f"unknown device {name!r}; expected auto, cpu or cuda[:N]") from None
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise TopoEpError(f"--device {name}: torch sees {count} CUDA device(s)")
+    return device
 
 
 def make_optimizer(net: CompiledNetwork, spec: TopologySpec) -> torch.optim.Optimizer:
@@ -85,21 +118,29 @@ def epoch_learning_rate(spec: TopologySpec, epoch: int, epochs: int) -> float:
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The shuffling generator of one epoch; depends only on (seed, epoch)."""
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    """The shuffling generator of one epoch; depends only on (seed, epoch).
+
+    Its seed is ``seed * 1_000_003 + epoch`` taken modulo 2**64 (the range of
+    :meth:`torch.Generator.manual_seed`), so that every seed in [0, 2**63) works; below
+    about 1.8e13 the modulo changes nothing.
+    """
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % 2**64)
 
 
 def evaluate_split(
     method: Method, net: CompiledNetwork, split: Split, batch_size: int
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (fraction) of ``method``'s prediction on a split."""
+) -> tuple[float | None, float | None]:
+    """Mean cross-entropy and accuracy (fraction) of ``method``'s prediction on a split;
+    ``(None, None)`` for an empty split (no accuracy to report, not 0)."""
+    if len(split) == 0:
+        return None, None
     loss_sum = torch.zeros((), dtype=torch.float64, device=net.device)
     correct = torch.zeros((), dtype=torch.int64, device=net.device)
     for x, y in iterate_batches(split, batch_size, None, shuffle=False):
         logits = method.logits(net, x.to(net.dtype))
         loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(dim=-1) == y).sum()
-    n = max(1, len(split.y))
+    n = len(split.y)
     return float(loss_sum) / n, int(correct) / n
 
 
@@ -137,7 +178,65 @@ def write_config(path: Path, spec: TopologySpec, settings: RunSettings) -> None:
         "run": asdict(settings),
         "versions": package_versions(),
     }
-    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(document, sort_keys=False))
+
+
+def _spec_differences(stored: Any, current: Any, path: str) -> list[str]:
+    """Dotted paths at which two topology dicts differ, with both values."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        out = []
+        for key in list(stored) + [k for k in current if k not in stored]:
+            where = f"{path}.{key}" if path else str(key)
+            if key not in stored or key not in current:
+                out.append(
+                    f"topology {where}: {stored.get(key, '(absent)')!r} in the checkpoint, "
+                    f"{current.get(key, '(absent)')!r} now"
+                )
+            else:
+                out.extend(_spec_differences(stored[key], current[key], where))
+        return out
+    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
+        out = []
+        for index, (a, b) in enumerate(zip(stored, current, strict=True)):
+            out.extend(_spec_differences(a, b, f"{path}[{index}]"))
+        return out
+    if stored != current:
+        if isinstance(stored, list) and isinstance(current, list):
+            return [f"topology {path}: {len(stored)} items in the checkpoint, {len(current)} now"]
+        return [f"topology {path}: {stored!r} in the checkpoint, {current!r} now"]
+    return []
+
+
+def resume_differences(
+    payload: dict[str, Any], spec: TopologySpec, settings: RunSettings
+) -> list[str]:
+    """What differs between a checkpoint and the run that would resume it.
+
+    The run settings of :data:`RESUMABLE_SETTINGS` and the topology's ``training.epochs`` may
+    differ; anything else differing is listed, one entry per setting or topology field.
+    """
+    differences = []
+    stored_settings = payload.get("settings", {})
+    current_settings = asdict(settings)
+    if payload["method"] != settings.method:
+        stored_settings = {**stored_settings, "method": payload["method"]}
+    for key, value in current_settings.items():
+        if key in RESUMABLE_SETTINGS or key not in stored_settings:
+            continue
+        if stored_settings[key] != value:
+            name = SETTING_OPTIONS.get(key, key)
+            differences.append(f"{name}: {stored_settings[key]!r} in the checkpoint, {value!r} now")
+
+    def without_epochs(data: dict[str, Any]) -> dict[str, Any]:
+        training = data.get("training")
+        if not isinstance(training, dict):
+            return data
+        return {**data, "training": {k: v for k, v in training.items() if k != "epochs"}}
+
+    differences += _spec_differences(
+        without_epochs(payload["spec"]), without_epochs(spec.to_dict()), ""
+    )
+    return differences
 
 
 @dataclass
@@ -168,6 +267,10 @@ class Trainer:
         The run directory (created if needed); ``None`` writes nothing.
     progress
         Show a tqdm progress bar.
+    log
+        Receives one line per epoch.
+    lock
+        The held lock of ``out_dir``, when the caller took it; otherwise :meth:`run` takes one.
     """
 
     def __init__(
@@ -178,6 +281,7 @@ class Trainer:
         out_dir: str | Path | None = None,
         progress: bool = True,
         log: Callable[[str], None] = print,
+        lock: RunLock | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -193,6 +297,9 @@ class Trainer:
         self.optimizer = make_optimizer(self.net, spec)
         self.metrics: list[dict[str, Any]] = []
         self.start_epoch = 1
+        self.lock = lock
+        #: Optimizer steps taken by this object (not counting those of a resumed checkpoint).
+        self.steps_taken = 0
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_payload(self, epoch: int) -> dict[str, Any]:
@@ -209,21 +316,64 @@ class Trainer:
         }
 
     def resume(self, path: str | Path) -> None:
-        """Continue from a checkpoint of the same topology and method."""
+        """Continue from a checkpoint of the same topology and run settings.
+
+        Raises
+        ------
+        CheckpointError
+            When the checkpoint cannot be read, lacks the optimizer state or the metrics, holds
+            non-finite weights or weights and optimizer state that do not fit the network, or
+            was written with other settings (each one named; see :func:`resume_differences`).
+        """
         payload = load_checkpoint(path)
-        if payload["spec"] != self.spec.to_dict():
+        for needed in ("optimizer", "metrics"):
+            if needed not in payload:
+                raise CheckpointError(f"{path}: the checkpoint has no {needed!r}; cannot resume")
+        differences = resume_differences(payload, self.spec, self.settings)
+        if differences:
+            listed = "; ".join(differences[:8])
+            more = f"; and {len(differences) - 8} more" if len(differences) > 8 else ""
             raise CheckpointError(
-                f"{path}: the checkpoint was written for a different topology or settings; "
-                "resume with the same file and --set options"
+                f"--resume: {path} was trained with other settings: {listed}{more}. Resume with "
+                "the same topology file, --set options and settings (only --epochs, --device and "
+                "--data-dir may change), or start a new run with --overwrite"
             )
-        if payload["method"] != self.settings.method:
+        check_finite(payload, path)
+        try:
+            self.net.load_state_dict(payload["model"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(
-                f"{path}: the checkpoint was trained with --method {payload['method']}"
-            )
-        self.net.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+                f"{path}: the weights do not fit the network ({str(exc).splitlines()[0]})"
+            ) from None
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CheckpointError(
+                f"{path}: the optimizer state does not fit the network "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            ) from None
+        self._check_optimizer_state(path)
         self.metrics = list(payload["metrics"])
         self.start_epoch = int(payload["epoch"]) + 1
+
+    def _check_optimizer_state(self, path: str | Path) -> None:
+        """Every tensor of the loaded optimizer state has its parameter's shape (or is a
+        scalar such as Adam's step)."""
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                for name, value in self.optimizer.state.get(param, {}).items():
+                    if not isinstance(value, torch.Tensor):
+                        continue
+                    if value.dim() > 0 and value.shape != param.shape:
+                        raise CheckpointError(
+                            f"{path}: the optimizer state {name!r} has shape "
+                            f"{tuple(value.shape)}, but its parameter has shape "
+                            f"{tuple(param.shape)}"
+                        )
+                    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                        raise CheckpointError(
+                            f"{path}: the optimizer state {name!r} holds NaN or infinite values"
+                        )
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self, epoch: int) -> EpochTotals:
@@ -237,8 +387,13 @@ class Trainer:
             correct=torch.zeros((), dtype=torch.int64, device=self.device),
         )
         n_batches = math.ceil(len(split.y) / batch_size)
+        lr = epoch_learning_rate(self.spec, epoch, self.settings.epochs)
         for group in self.optimizer.param_groups:
-            group["lr"] = epoch_learning_rate(self.spec, epoch, self.settings.epochs)
+            group["lr"] = lr
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        # every batch loss finite so far: a device flag, read once per epoch (no sync per batch);
+        # the weights themselves are checked once, at the end of the epoch
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         batches = iterate_batches(split, batch_size, epoch_generator(self.settings.seed, epoch))
         bar = tqdm(
             batches,
@@ -251,8 +406,34 @@ class Trainer:
         for x, y in bar:
             x = x.to(self.dtype)
             self.optimizer.zero_grad(set_to_none=True)
-            result = self.method.gradients(net, x, y)
-            self.optimizer.step()
+            try:
+                result = self.method.gradients(net, x, y)
+            except DivergenceError as exc:
+                if not _all_finite(params):  # NaN weights, not the dynamics, made the states NaN
+                    raise self._non_finite_error(epoch, lr) from None
+                if self.steps_taken == 0:  # the network as declared diverges: the input's fault
+                    raise
+                raise RunFailedError(
+                    f"epoch {epoch}: the relaxation diverged after {self.steps_taken} optimizer "
+                    f"steps of this run, so training stopped: the updates made the network "
+                    f"unstable; the learning rate is probably too large (training.lr = {lr:g}, "
+                    f"optimizer {self.spec.training.optimizer}). {self._saved_state(epoch)} "
+                    f"(The relaxation said: {exc})"
+                ) from None
+            try:
+                self.optimizer.step()
+            except RuntimeError as exc:
+                if "overflow" not in str(exc):
+                    raise
+                raise RunFailedError(
+                    f"epoch {epoch}: the optimizer step overflowed ({exc}); the learning rate "
+                    f"training.lr = {lr:g} is too large for {self.spec.training.optimizer} in "
+                    f"{self.settings.dtype}. {self._saved_state(epoch)}"
+                ) from None
+            self.steps_taken += 1
+            finite &= torch.isfinite(result.loss).all()
+            if totals.batches == 0:
+                pause_point("mid-epoch", epoch)
             totals.loss += result.loss.double() * len(y)
             totals.correct += result.correct
             totals.examples += len(y)
@@ -261,7 +442,28 @@ class Trainer:
             totals.nudged_steps += result.nudged_steps
             totals.unconverged += not result.converged
         bar.close()
+        if not bool(finite) or not _all_finite(params):
+            raise self._non_finite_error(epoch, lr)
         return totals
+
+    def _saved_state(self, epoch: int) -> str:
+        """What the run directory holds when epoch ``epoch`` fails."""
+        if self.out_dir is None:
+            return "Nothing was written."
+        if epoch > 1:
+            return (
+                f"Nothing of epoch {epoch} was written; {self.out_dir / 'checkpoint.pt'} holds "
+                f"epoch {epoch - 1}."
+            )
+        return "No checkpoint was written."
+
+    def _non_finite_error(self, epoch: int, lr: float) -> RunFailedError:
+        t = self.spec.training
+        return RunFailedError(
+            f"epoch {epoch}: the weights or the loss became non-finite (NaN or inf) after an "
+            "optimizer step, so training stopped; the learning rate is probably too large "
+            f"(training.lr = {lr:g}, optimizer {t.optimizer}). {self._saved_state(epoch)}"
+        )
 
     def _warn_unconverged(self, epoch: int, totals: EpochTotals) -> None:
         if self.settings.method != "ep" or self.spec.dynamics.tolerance <= 0:
@@ -276,11 +478,37 @@ class Trainer:
             )
 
     def run(self) -> list[dict[str, Any]]:
-        """Train the remaining epochs; returns every epoch's metrics."""
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        """Train the remaining epochs; returns every epoch's metrics.
+
+        With a run directory: holds its lock (taken here unless given to the constructor),
+        removes stale temporary files, writes config.yaml and rewrites metrics.jsonl from the
+        metrics resumed (so it holds exactly the checkpoint's epochs), then commits each epoch.
+
+        Raises
+        ------
+        RunFailedError
+            When the weights become non-finite or an optimizer step overflows.
+        RunDirError
+            When another process holds the run directory's lock.
+        """
+        if self.out_dir is None:
+            return self._train_epochs()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        lock = self.lock if self.lock is not None else RunLock(self.out_dir)
+        own = not lock.held
+        lock.acquire()
+        try:
+            remove_stale_temps(self.out_dir)
             write_config(self.out_dir / "config.yaml", self.spec, self.settings)
             self._rewrite_metrics()
+            if self.start_epoch > 1:
+                pause_point("resumed", self.start_epoch)
+            return self._train_epochs()
+        finally:
+            if own:
+                lock.release()
+
+    def _train_epochs(self) -> list[dict[str, Any]]:
         eval_batch = self.settings.eval_batch_size
         for epoch in range(self.start_epoch, self.settings.epochs + 1):
             started = time.perf_counter()
@@ -290,7 +518,7 @@ class Trainer:
             _, val_acc = evaluate_split(self.method, self.net, self.dataset.val, eval_batch)
             _, test_acc = evaluate_split(self.method, self.net, self.dataset.test, eval_batch)
             n = max(1, totals.examples)
-            record = {
+            record: dict[str, Any] = {
                 "epoch": epoch,
                 "train_loss": float(totals.loss) / n,
                 "train_acc": int(totals.correct) / n,
@@ -302,13 +530,17 @@ class Trainer:
             }
             self.metrics.append(record)
             if self.out_dir is not None:
-                with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                save_atomic(self.checkpoint_payload(epoch), self.out_dir / "checkpoint.pt")
+                with signals_deferred():  # the checkpoint, then its metrics line; never half
+                    save_atomic(self.checkpoint_payload(epoch), self.out_dir / "checkpoint.pt")
+                    pause_point("before-metrics", epoch)
+                    with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+                        handle.write(json.dumps(record) + "\n")
+                pause_point("after-epoch", epoch)
             self.log(
                 f"epoch {epoch}: loss {record['train_loss']:.4f} train {record['train_acc']:.4f} "
-                f"val {val_acc:.4f} test {test_acc:.4f} ({train_seconds:.1f} s, "
-                f"free {record['free_steps']:.1f} / nudged {record['nudged_steps']:.1f} steps)"
+                f"val {format_accuracy(val_acc)} test {format_accuracy(test_acc)} "
+                f"({train_seconds:.1f} s, free {record['free_steps']:.1f} / nudged "
+                f"{record['nudged_steps']:.1f} steps)"
             )
         return self.metrics
 
@@ -316,7 +548,16 @@ class Trainer:
         """metrics.jsonl holds exactly the epochs of the checkpoint (drops lines of a crash)."""
         assert self.out_dir is not None
         lines = "".join(json.dumps(record) + "\n" for record in self.metrics)
-        (self.out_dir / "metrics.jsonl").write_text(lines, encoding="utf-8")
+        write_text_atomic(self.out_dir / "metrics.jsonl", lines)
+
+
+def _all_finite(params: list[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in params)
+
+
+def format_accuracy(value: float | None) -> str:
+    """An accuracy with four decimals, or ``n/a (empty split)`` for ``None``."""
+    return "n/a (empty split)" if value is None else f"{value:.4f}"
 
 
 def summary_line(spec: TopologySpec, settings: RunSettings, metrics: list[dict[str, Any]]) -> str:
@@ -324,11 +565,12 @@ def summary_line(spec: TopologySpec, settings: RunSettings, metrics: list[dict[s
     if not metrics:
         return f"{spec.name}: no epochs run"
     last = metrics[-1]
-    best = max(metrics, key=lambda m: m["val_acc"])
+    best = max(metrics, key=lambda m: -1.0 if m["val_acc"] is None else m["val_acc"])
     total = sum(m["seconds"] for m in metrics)
     return (
         f"done: {spec.name} [{settings.method}] on {settings.dataset}, {last['epoch']} epochs, "
-        f"final test acc {last['test_acc']:.4f} (val {last['val_acc']:.4f}), "
-        f"test acc at best val epoch {best['epoch']}: {best['test_acc']:.4f}, "
+        f"final test acc {format_accuracy(last['test_acc'])} "
+        f"(val {format_accuracy(last['val_acc'])}), "
+        f"test acc at best val epoch {best['epoch']}: {format_accuracy(best['test_acc'])}, "
         f"train time {total:.1f} s"
     )

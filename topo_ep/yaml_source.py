@@ -7,12 +7,16 @@ of the value node, and under ``path + (KEY_MARK,)`` the location of the mapping 
 validation errors can point at the exact line and column.
 
 Hostile input is bounded: aliases are expanded while converting and every visited node is
-counted (an alias bomb stops at :data:`MAX_NODES`), nesting is limited to :data:`MAX_DEPTH`,
+counted (a document, or an alias bomb, stops at :data:`MAX_NODES`; the message says which),
+nesting is limited to :data:`MAX_DEPTH`,
 integers longer than :data:`MAX_INT_DIGITS` digits and floats that overflow are refused, and
 duplicate mapping keys are an error rather than silently overwritten.
 
 Scalars follow YAML 1.1 (PyYAML's safe resolver) with one addition: plain scalars such as
-``1e-3`` or ``5e4``, which YAML 1.1 reads as strings, are read as floats, as YAML 1.2 does.
+``1e-3`` or ``5e4``, which YAML 1.1 reads as strings, are read as floats, as YAML 1.2 does. Two
+YAML 1.1 number forms that YAML 1.2 reads differently, and that a reader takes for decimals,
+are errors instead of silent misreads: integers with a leading zero (``0100``, octal 64 in YAML
+1.1) and base-60 numbers (``1:04``, 64 in YAML 1.1).
 """
 
 from __future__ import annotations
@@ -44,18 +48,45 @@ _MAP, _SEQ, _MERGE = _TAG + "map", _TAG + "seq", _TAG + "merge"
 #: YAML 1.2 style floats that YAML 1.1 leaves as strings (no dot, or exponent without sign).
 FLOAT_12 = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 _INFINITE_LITERAL = re.compile(r"^[-+]?\.inf$", re.IGNORECASE)
+#: YAML 1.1 octal integers (``0100``): a leading zero followed by digits.
+_OCTAL_11 = re.compile(r"^[-+]?0[0-9_]+$")
 
 Positions = dict[tuple, Location]
 
 
+class _TooManyNodes(Exception):
+    """Composing went past :data:`MAX_NODES` nodes; ``mark`` is where."""
+
+    def __init__(self, mark: Any) -> None:
+        super().__init__("too many nodes")
+        self.mark = mark
+
+
+def _too_many_nodes(location: Location, path: tuple = ()) -> TopologyError:
+    return TopologyError(
+        "absurd-number",
+        f"the document has more than {MAX_NODES} YAML nodes (values, lists and mappings), the "
+        "most a topology file may hold; declare large networks with a generate: block",
+        location,
+        _dotted(path),
+    )
+
+
 class _Loader(yaml.SafeLoader):
-    """Safe loader that reads ``1e-3`` as a float and refuses deep nesting while composing."""
+    """Safe loader that reads ``1e-3`` as a float and, while composing, refuses deep nesting
+    and more than :data:`MAX_NODES` nodes (mapping keys not counted), so that a large document
+    stops early."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.nesting = 0
+        self.composed = 0
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
+        if parent is None or index is not None:  # a value or an item, not a mapping key
+            self.composed += 1
+            if self.composed > MAX_NODES:
+                raise _TooManyNodes(self.peek_event().start_mark)
         self.nesting += 1
         try:
             if self.nesting > MAX_DEPTH:
@@ -93,6 +124,8 @@ class _Converter:
         self.positions: Positions = {}
         self.visited = 0
         self.active: set[int] = set()
+        self.seen: set[int] = set()
+        self.aliased = False
         self.constructor = SafeConstructor()
 
     def location(self, node: Node) -> Location:
@@ -103,14 +136,20 @@ class _Converter:
 
     def convert(self, node: Node, path: tuple, depth: int) -> Any:
         self.visited += 1
+        if id(node) in self.seen:
+            self.aliased = True  # the same node reached twice: an alias was expanded
+        else:
+            self.seen.add(id(node))
         if self.visited > MAX_NODES:
-            raise self.error(
-                "alias-bomb",
-                f"the document expands to more than {MAX_NODES} nodes (an alias bomb?); "
-                "topology files are small",
-                node,
-                path,
-            )
+            if self.aliased:
+                raise self.error(
+                    "alias-bomb",
+                    f"the document expands to more than {MAX_NODES} nodes through its aliases "
+                    "(*name references); topology files are small",
+                    node,
+                    path,
+                )
+            raise _too_many_nodes(self.location(node), path)
         if depth > MAX_DEPTH:
             raise self.error("yaml-syntax", f"nesting deeper than {MAX_DEPTH} levels", node, path)
         self.positions[path] = self.location(node)
@@ -204,6 +243,7 @@ class _Converter:
         if tag == _BOOL:
             return self.constructor.construct_yaml_bool(node)
         if tag == _INT:
+            self.check_yaml11_int(node, path)
             digits = re.sub(r"[^0-9a-fA-F]", "", node.value)
             if len(digits) > MAX_INT_DIGITS:
                 raise self.error(
@@ -217,6 +257,8 @@ class _Converter:
             except (ValueError, TypeError) as exc:
                 raise self.error("type", f"not an integer: {node.value!r}", node, path) from exc
         if tag == _FLOAT:
+            if ":" in node.value:
+                raise self.base60_error(node, path)
             try:
                 value = self.constructor.construct_yaml_float(node)
             except (ValueError, TypeError, OverflowError) as exc:
@@ -230,6 +272,29 @@ class _Converter:
                 )
             return value
         raise self.unsupported_tag(node, path)
+
+    def check_yaml11_int(self, node: ScalarNode, path: tuple) -> None:
+        """Refuse the YAML 1.1 integer forms that read as other numbers than they look."""
+        text = node.value
+        if ":" in text:
+            raise self.base60_error(node, path)
+        if _OCTAL_11.match(text):
+            raise self.error(
+                "type",
+                f"{text!r} has a leading zero, which is ambiguous: YAML 1.1 reads it as an octal "
+                "number, YAML 1.2 as a decimal one; write it without the leading zero",
+                node,
+                path,
+            )
+
+    def base60_error(self, node: ScalarNode, path: tuple) -> TopologyError:
+        return self.error(
+            "type",
+            f"{node.value!r} is a base-60 number in YAML 1.1 (1:04 reads as 64) and a string in "
+            "YAML 1.2; write the number in decimal, or quote it if it is a string",
+            node,
+            path,
+        )
 
 
 def _dotted(path: tuple) -> str | None:
@@ -284,6 +349,8 @@ def parse_yaml(text: str, filename: str) -> tuple[Any, Positions]:
             root = loader.get_single_node()
         finally:
             loader.dispose()
+    except _TooManyNodes as exc:
+        raise _too_many_nodes(_mark_location(filename, exc.mark)) from None
     except yaml.reader.ReaderError as exc:
         raise TopologyError(
             "encoding",
