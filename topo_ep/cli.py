@@ -316,7 +316,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or loaded.data_dir
     x, y, described = analysis_batch(loaded.net, dataset, data_dir, args.batch)
     schedules = tuple(args.schedule) if args.schedule else None
-    options = AnalysisOptions(schedules=schedules, convergence_steps=args.max_steps)
+    options = AnalysisOptions(
+        schedules=schedules,
+        convergence_steps=args.max_steps,
+        lyapunov_steps=args.lyapunov_steps,
+    )
     result = analyse(loaded.net, x, y, options, log=lambda line: print(f"analyse: {line}"))
     command = "topo-ep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     context = ReportContext(loaded.source, described, command)
@@ -500,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="schedule to analyse: %(choices)s (repeatable; default: all)")  # fmt: skip
     p.add_argument("--max-steps", type=_positive_int, default=1000,
                    help="convergence step limit (1000)")  # fmt: skip
+    p.add_argument("--lyapunov-steps", type=_positive_int, default=None, metavar="T",
+                   help="horizon of the Lyapunov exponent (default: the free steps)")  # fmt: skip
     p.add_argument("--out", default="runs/analysis", help="output folder (runs/analysis)")
     _add_set_option(p)
     p.set_defaults(func=_cmd_analyze)
