@@ -433,16 +433,37 @@ def check_gradients(
         )
 
     method = method_at(s.nudge)
-    split = fixed_point_split(
-        settled_states(net, net.input_drive(x), SCHEDULES.names(), s.max_steps, tolerance)
-    )
+    names = (schedule, *(name for name in SCHEDULES.names() if name != schedule))
     header = dict(
-        topology=spec.name,
-        settings=s,
-        energy_reason=no_energy_reason(spec),
-        fixed_points=None if split is None else split.describe(),
-        batch=int(x.shape[0]),
+        topology=spec.name, settings=s, energy_reason=no_energy_reason(spec), batch=int(x.shape[0])
     )
+
+    def not_converged(problem: str, free_steps: int = 0) -> GradientCheck:
+        return GradientCheck(
+            rows=(),
+            prediction_note=None,
+            free_steps=free_steps,
+            nudged_steps=0,
+            adjoint_steps=0,
+            converged=False,
+            problem=problem,
+            **header,
+        )
+
+    try:
+        settled = settled_states(net, net.input_drive(x), names, s.max_steps, tolerance)
+    except DivergenceError as exc:
+        return not_converged(str(exc))
+    split = fixed_point_split(settled)
+    header["fixed_points"] = None if split is None else split.describe()
+    free_stats = settled[schedule][1]
+    if not free_stats.converged:  # no fixed point: nothing to differentiate at
+        return not_converged(
+            f"the free phase ({schedule}) did not settle within {free_stats.steps} steps "
+            f"(residual {free_stats.residual:.3g}): there is no fixed point to compare "
+            "gradients at",
+            free_stats.steps,
+        )
     try:
         estimate = method.estimate(net, x, y)
         small = method_at(s.nudge / ORDER_STEP).estimate(net, x, y) if s.tests_order else None
@@ -456,16 +477,7 @@ def check_gradients(
             check_every=s.check_every,
         )
     except DivergenceError as exc:
-        return GradientCheck(
-            rows=(),
-            prediction_note=None,
-            free_steps=0,
-            nudged_steps=0,
-            adjoint_steps=0,
-            converged=False,
-            problem=str(exc),
-            **header,
-        )
+        return not_converged(str(exc), free_stats.steps)
     ep_result, ep = estimate.result, estimate.grads
     signals = ep_signals(net, method, estimate.phases)
     factors, note = predicted_ratios(spec)

@@ -168,6 +168,7 @@ def _convergence_lines(result: NetworkAnalysis) -> list[str]:
             notes.append(f"{name}: no sample converged, so no rate was measured")
     best = min(result.convergence.items(), key=lambda kv: kv[1].median_time)
     notes.append(f"fastest schedule: {best[0]} (median {_f(best[1].median_time)} steps)")
+    notes.append(result.fixed_points or "every converged schedule settles at the same fixed point")
     lines += ["", f"*Interpretation:* {'; '.join(notes)}.", "", "![residuals](residuals.png)", ""]
     return lines
 
