@@ -17,7 +17,7 @@ from typing import Any
 
 from topo_ep import graph
 from topo_ep.errors import Location
-from topo_ep.fields import FieldChecker, show_value, suggest
+from topo_ep.fields import MAX_EDGES, MAX_LAYERS, FieldChecker, show_value, suggest
 from topo_ep.schedules import SCHEDULES
 from topo_ep.spec import (
     ACTIVATIONS,
@@ -88,7 +88,7 @@ def _steps(check: FieldChecker) -> Callable[[Any, tuple], int]:
 
 def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
     path: tuple = ("layers",)
-    items = check.sequence(value, path, "layers")
+    items = check.sequence(value, path, "layers", MAX_LAYERS)
     if not items:
         raise check.error("invalid-value", "at least one hidden layer is needed", path)
     layers: list[LayerSpec] = []
@@ -234,7 +234,7 @@ def _edge(check: FieldChecker, item: Any, index: int, sizes: Mapping[str, int]) 
 
 
 def _edges(check: FieldChecker, value: Any, sizes: Mapping[str, int]) -> tuple[EdgeSpec, ...]:
-    items = check.sequence(value, ("edges",), "edges")
+    items = check.sequence(value, ("edges",), "edges", MAX_EDGES)
     edges: list[EdgeSpec] = []
     seen: dict[tuple[str, str, str], int] = {}
     for index, item in enumerate(items):
