@@ -39,7 +39,13 @@ def test_to_graph_nodes_and_edges() -> None:
     g = graph_io.to_graph(spec)
     assert isinstance(g, nx.MultiDiGraph)
     assert list(g.nodes) == ["input", "h1", "h2", "readout"]
-    assert g.nodes["input"] == {"role": "input", "size": 784, "mean": 0.1307, "std": 0.3081}
+    assert g.nodes["input"] == {
+        "role": "input",
+        "size": 784,
+        "mean": 0.1307,
+        "std": 0.3081,
+        "dataset": "mnist",
+    }
     assert g.nodes["h1"] == {"role": "hidden", "size": 512, "activation": "tanh", "bias": False}
     assert g.nodes["readout"]["size"] == 10 and g.nodes["readout"]["feedback"] == "tied"
     assert g.edges["h2", "h1", "feedback"] == {

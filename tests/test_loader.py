@@ -78,7 +78,7 @@ def test_shipped_topology_round_trips(path: Path, tmp_path: Path) -> None:
 
 def test_fre_2x512_matches_the_paper_settings() -> None:
     spec = load_topology(TOPOLOGIES / "fre_2x512.yaml")
-    assert spec.input == InputSpec(784, mean=0.1307, std=0.3081)  # MNIST's usual constants
+    assert spec.input == InputSpec(784, mean=0.1307, std=0.3081, dataset="mnist")
     assert [(layer.name, layer.size, layer.activation) for layer in spec.layers] == [
         ("h1", 512, "tanh"),
         ("h2", 512, "tanh"),

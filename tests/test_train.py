@@ -271,7 +271,9 @@ def test_save_atomic_leaves_no_temporary_file(tmp_path, monkeypatch, exception):
 # ---------------------------------------------------------------------------- dataset checks
 def test_topology_input_size_must_match_the_dataset(tmp_path, capsys):
     out = tmp_path / "run"
-    code = _train(REPO / "topologies" / "chain_5x64.yaml", out, "--epochs", "1")
+    code = _train(
+        REPO / "topologies" / "chain_5x64.yaml", out, "--epochs", "1", "--dataset", "digits"
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "[dataset-size]" in err and "784" in err and "64" in err

@@ -157,11 +157,21 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--dataset", default="digits", help="digits (default), mnist, fashion-mnist"
+        "--dataset",
+        default=None,
+        help="digits, mnist or fashion-mnist (default: the topology's input.dataset, else digits)",
     )
     parser.add_argument(
-        "--data-dir", default=None, help="directory with the IDX files (mnist, fashion-mnist)"
+        "--data-dir",
+        default=None,
+        help="directory with the IDX files (mnist, fashion-mnist; default: $TOPO_EP_DATA, "
+        "else ./data)",
     )
+
+
+def _dataset_name(args: argparse.Namespace, spec: TopologySpec, stored: str | None = None) -> str:
+    """--dataset, else the checkpoint's, else the one the topology declares, else digits."""
+    return args.dataset or stored or spec.input.dataset or "digits"
 
 
 def _check_checkpoint(path: str | None) -> None:
@@ -201,11 +211,11 @@ def _train_locked(args: argparse.Namespace, spec: TopologySpec, lock: RunLock) -
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
-        dataset=args.dataset,
+        dataset=_dataset_name(args, spec),
         data_dir=args.data_dir,
         limit=args.limit,
     )
-    dataset = load_dataset(args.dataset, args.data_dir, seed=args.seed, limit=args.limit)
+    dataset = load_dataset(settings.dataset, args.data_dir, seed=args.seed, limit=args.limit)
     check_compatible(dataset, spec.input.size, spec.readout.size, args.file)
     trainer = Trainer(spec, dataset, settings, out_dir=args.out, progress=not args.quiet, lock=lock)
     if args.resume:
@@ -312,7 +322,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     _check_checkpoint(args.checkpoint)
     torch.manual_seed(args.seed)
     loaded = load_network(args.file, args.overrides, args.checkpoint, args.dtype, args.seed)
-    dataset = args.dataset or loaded.dataset or "digits"
+    dataset = _dataset_name(args, loaded.net.spec, loaded.dataset)
     data_dir = args.data_dir or loaded.data_dir
     x, y, described = analysis_batch(loaded.net, dataset, data_dir, args.batch)
     schedules = tuple(args.schedule) if args.schedule else None
@@ -339,6 +349,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         run_sweep,
         write_tables,
     )
+    from topo_ep.loader import load_topology
     from topo_ep.rundir import ensure_output_dir
 
     ensure_output_dir(args.out)
@@ -350,7 +361,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         seeds=args.seeds,
         train_epochs=args.train_epochs,
-        dataset=args.dataset,
+        dataset=_dataset_name(args, load_topology(args.file, overrides=args.overrides)),
         data_dir=args.data_dir,
         limit=args.limit,
         dtype=args.dtype,

@@ -397,7 +397,7 @@ def find_idx_files(name: str, root: str | os.PathLike[str]) -> dict[str, Path]:
     raise DataError(
         f"{name}: no directory holds all four IDX files (train-images, train-labels, "
         f"t10k-images, t10k-labels; raw or .gz) under data directory {root} (set it with "
-        f"data_dir or ${DATA_DIR_ENV}). Paths looked at:\n" + "\n".join(looked)
+        f"--data-dir or ${DATA_DIR_ENV}). Paths looked at:\n" + "\n".join(looked)
     )
 
 

@@ -21,12 +21,13 @@ from topo_ep.validate import spec_from_dict
 def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
     """The spec as a networkx ``MultiDiGraph``.
 
-    Nodes: ``"input"`` (``size``, ``mean``, ``std``), each hidden layer (``size``, ``activation``,
-    ``bias``) and ``"readout"`` (``size``, ``bias``, ``feedback``); every node has a ``role`` of
-    ``input``, ``hidden`` or ``readout``. Edges are keyed by kind and carry ``gain``, ``feedback``,
-    ``learned`` and ``init``; the readout edge has key ``"readout"``. ``graph.graph`` holds
-    ``name``, ``description``, ``origin`` and ``edge_order`` (the ``(source, target, kind)`` of
-    every edge in declaration order, which :func:`from_graph` restores).
+    Nodes: ``"input"`` (``size``, ``mean``, ``std``, ``dataset``), each hidden layer
+    (``size``, ``activation``, ``bias``) and ``"readout"`` (``size``, ``bias``, ``feedback``);
+    every node has a ``role`` of ``input``, ``hidden`` or ``readout``. Edges are keyed by kind
+    and carry ``gain``, ``feedback``, ``learned`` and ``init``; the readout edge has key
+    ``"readout"``. ``graph.graph`` holds ``name``, ``description``, ``origin`` and
+    ``edge_order`` (the ``(source, target, kind)`` of every edge in declaration order, which
+    :func:`from_graph` restores).
     """
     result = nx.MultiDiGraph(
         name=spec.name,
@@ -35,7 +36,12 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
         edge_order=[(edge.source, edge.target, edge.kind) for edge in spec.edges],
     )
     result.add_node(
-        INPUT, role="input", size=spec.input.size, mean=spec.input.mean, std=spec.input.std
+        INPUT,
+        role="input",
+        size=spec.input.size,
+        mean=spec.input.mean,
+        std=spec.input.std,
+        dataset=spec.input.dataset,
     )
     for layer in spec.layers:
         result.add_node(
@@ -106,7 +112,10 @@ def from_graph(
     if text:
         data["description"] = text
     if INPUT in graph.nodes:
-        data["input"] = _node_dict(graph.nodes[INPUT], ("size", "mean", "std"))
+        attrs = graph.nodes[INPUT]
+        data["input"] = _node_dict(attrs, ("size", "mean", "std"))
+        if attrs.get("dataset") is not None:
+            data["input"]["dataset"] = attrs["dataset"]
     data["layers"] = [
         {"name": node, **_node_dict(attrs, ("size", "activation", "bias"))}
         for node, attrs in graph.nodes(data=True)

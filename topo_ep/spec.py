@@ -31,12 +31,15 @@ class InputSpec:
 
     Every example is standardised before it reaches the network, x <- (x - mean) / std, with
     constants declared here (like torchvision's ``Normalize``): the defaults, 0 and 1, leave
-    the data as the loader gives it (pixels in [0, 1]).
+    the data as the loader gives it (pixels in [0, 1]). ``dataset`` names the data the topology
+    is written for (``mnist``, ...): the commands use it when no ``--dataset`` is given. Where
+    its files are is never part of a topology: ``--data-dir`` or ``$TOPO_EP_DATA`` says.
     """
 
     size: int
     mean: float = 0.0
     std: float = 1.0
+    dataset: str | None = None
 
     @property
     def standardised(self) -> bool:
@@ -190,6 +193,8 @@ class TopologySpec:
         out["input"] = {"size": self.input.size}
         if self.input.standardised:
             out["input"].update(mean=self.input.mean, std=self.input.std)
+        if self.input.dataset is not None:
+            out["input"]["dataset"] = self.input.dataset
         out["layers"] = [asdict(layer) for layer in self.layers]
         readout = asdict(self.readout)
         readout["from"] = readout.pop("source")

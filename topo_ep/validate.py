@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from topo_ep import graph
+from topo_ep.data import DATASETS
 from topo_ep.errors import Location
 from topo_ep.fields import MAX_EDGES, MAX_LAYERS, FieldChecker, show_value, suggest
 from topo_ep.schedules import SCHEDULES
@@ -58,7 +59,7 @@ TOP_KEYS = (
     "generate",
     "origin",
 )
-INPUT_KEYS = ("size", "mean", "std")
+INPUT_KEYS = ("size", "mean", "std", "dataset")
 LAYER_KEYS = ("name", "size", "activation", "bias")
 READOUT_KEYS = ("from", "size", "feedback", "bias")
 EDGE_KEYS = ("source", "target", "kind", "gain", "feedback", "learned", "init")
@@ -394,6 +395,7 @@ def spec_from_dict(
         std=check.get(
             input_data, ("input",), "std", lambda v, p: check.number(v, p, positive=True), 1.0
         ),
+        dataset=check.get(input_data, ("input",), "dataset", _enum(check, DATASETS), None),
     )
     layers = _layers(check, top["layers"])
     names = [layer.name for layer in layers]
