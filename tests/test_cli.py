@@ -45,7 +45,8 @@ def _compile(capsys, *args: str) -> str:
 
 def _block_lines(output: str) -> dict[str, str]:
     """Edge key -> its line in the ``blocks:`` section."""
-    lines = output.split("blocks:\n", 1)[1].split("\nreadout:", 1)[0].splitlines()
+    header = "blocks: [kind, density, backend]\n"
+    lines = output.split(header, 1)[1].split("\nreadout:", 1)[0].splitlines()
     return {line.split()[0]: line for line in lines}
 
 
