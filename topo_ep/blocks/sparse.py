@@ -24,6 +24,7 @@ backward is the block's own primitives, d/dx = the transposed product and d/dval
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -47,6 +48,16 @@ def _import_torch_sparse() -> Any:
             f"backend torch-sparse needs the torch-sparse package: {INSTALL_HINT}"
         ) from exc
     return torch_sparse
+
+
+def _quiet_csr_warnings() -> None:
+    """Build one tiny CSR tensor with warnings off: torch warns once per process that CSR
+    support is in beta and that invariant checks are off (the mask is built here and trusted),
+    which would otherwise reach every user of a sparse block."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        one = torch.ones(1, dtype=torch.long)
+        torch.sparse_csr_tensor(torch.tensor([0, 1]), one * 0, one.double(), (1, 1))
 
 
 class _SparseProduct(torch.autograd.Function):
@@ -93,6 +104,16 @@ class SparseBlock(nn.Module):
         ``auto`` or a backend of :data:`topo_ep.blocks.dispatch.BACKENDS`.
     pattern
         A description of the mask for ``summary`` (``random``, ``local r=4``).
+
+    Attributes
+    ----------
+    cache_products
+        Keep what the products derive from the values (the masked dense matrix of the
+        ``dense`` backend, the permuted values of the transpose) until the values change,
+        which autograd's version counter tells: every in-place change made through the tensor
+        itself (an optimizer step, ``load_state_dict``, ``with torch.no_grad(): v.mul_(2)``)
+        is seen. A change made through ``.data`` is not (``torch.autograd.gradcheck`` perturbs
+        so): set this to ``False`` around such code.
     """
 
     kind = "sparse"
@@ -125,6 +146,7 @@ class SparseBlock(nn.Module):
             self.values = nn.Parameter(values)
         else:
             self.register_buffer("values", values)
+        self.cache_products = True
         self._plans: dict[str, Plan] = {}
         self._cache: dict[str, tuple[tuple, Tensor]] = {}
         self._templates: dict[tuple, Tensor] = {}
@@ -211,6 +233,7 @@ class SparseBlock(nn.Module):
         self._set_buffer("t_perm", perm)
         self._cache.clear()
         self._templates.clear()
+        _quiet_csr_warnings()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -254,6 +277,8 @@ class SparseBlock(nn.Module):
     # ------------------------------------------------------------------ raw kernels
     def _cached(self, name: str, values: Tensor, make) -> Tensor:  # type: ignore[no-untyped-def]
         """``make()`` kept until the values change (in place or moved)."""
+        if not self.cache_products:
+            return make()
         key = (values.data_ptr(), values._version, values.dtype, values.device)
         hit = self._cache.get(name)
         if hit is not None and hit[0] == key:
@@ -281,13 +306,24 @@ class SparseBlock(nn.Module):
         """x A^T, or x A when ``transposed``, without autograd (the plan's backend)."""
         backend = self.plan(x.device.type).backend
         if backend == "dense":
-            matrix = self._cached("dense", values, lambda: self.masked_dense(values))
-            return x @ matrix if transposed else x @ matrix.t()
+            return self.product_dense(values, x, transposed)
         if backend == "torch-sparse":
-            return self._torch_sparse_product(values, x, transposed)
+            return self.product_torch_sparse(values, x, transposed)
+        return self.product_csr(values, x, transposed)
+
+    def product_dense(self, values: Tensor, x: Tensor, transposed: bool) -> Tensor:
+        """Backend ``dense``: GEMM with the masked dense matrix, rebuilt when the values
+        change."""
+        matrix = self._cached("dense", values, lambda: self.masked_dense(values))
+        return x @ matrix if transposed else x @ matrix.t()
+
+    def product_csr(self, values: Tensor, x: Tensor, transposed: bool) -> Tensor:
+        """Backend ``torch.sparse``: (A x^T)^T with A in CSR (A^T from the permutation)."""
         return torch.sparse.mm(self._csr(values, transposed), x.t()).t()
 
-    def _torch_sparse_product(self, values: Tensor, x: Tensor, transposed: bool) -> Tensor:
+    def product_torch_sparse(self, values: Tensor, x: Tensor, transposed: bool) -> Tensor:
+        """Backend ``torch-sparse``: ``torch_sparse.matmul`` on a ``SparseTensor`` built from
+        the same CSR arrays (no copy, no sort)."""
         torch_sparse = _import_torch_sparse()
         rows, cols = self.size
         if transposed:
@@ -314,7 +350,15 @@ class SparseBlock(nn.Module):
     def raw_outer(self, post: Tensor, pre: Tensor) -> Tensor:
         """(post^T pre) at the mask, in CSR order, without autograd (the plan's kernel)."""
         if self.plan(post.device.type).update == "masked-dense":
-            return torch.take(post.t() @ pre, self.flat_indices)
+            return self.outer_masked_dense(post, pre)
+        return self.outer_sampled(post, pre)
+
+    def outer_masked_dense(self, post: Tensor, pre: Tensor) -> Tensor:
+        """Update kernel ``masked-dense``: the dense post^T pre, read at the mask."""
+        return torch.take(post.t() @ pre, self.flat_indices)
+
+    def outer_sampled(self, post: Tensor, pre: Tensor) -> Tensor:
+        """Update kernel ``sampled``: ``torch.sparse.sampled_addmm``, only at the mask."""
         key = (post.dtype, post.device)
         template = self._templates.get(key)
         if template is None:
