@@ -426,3 +426,19 @@ def test_a_sparse_network_trains_and_its_checkpoint_evaluates(tmp_path, capsys):
     assert {id(p) for p in net.parameters()} == {
         id(p) for g in optimizer.param_groups for p in g["params"]
     }
+
+
+def test_analyze_runs_on_a_sparse_topology(tmp_path):
+    """The whole analysis (spectrum, Jacobian, Lyapunov, convergence, gradient flow, energy)
+    through sparse blocks, exact (dense() operator) and by ARPACK on the matrix-free one."""
+    path = tmp_path / "sparse.yaml"
+    text = _text("chain").replace(
+        "size: 12, shape: [3, 4]}\nlayers", "size: 64, shape: [8, 8]}\nlayers"
+    )
+    text = text.replace("radius: 1.5", "radius: 2.5").replace("size: 5, block", "size: 10, block")
+    path.write_text(text, encoding="utf-8")
+    out = tmp_path / "analysis"
+    args = ["analyze", str(path), "--batch", "4", "--max-steps", "60", "--out", str(out)]
+    assert main([*args, "--schedule", "sweep"]) == 0
+    report = (out / "report.md").read_text("utf-8")
+    assert "Has an energy" in report and "exact eigenvalues" in report

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from topo_ep import spectral
-from topo_ep.blocks import SparseBlock
+from topo_ep.blocks import SparseBlock, dispatch
 from topo_ep.blocks.dispatch import torch_sparse_available
 from topo_ep.compiler import CompiledNetwork, compile_topology
 from topo_ep.energy import Energy
@@ -113,6 +113,16 @@ training: {nudging: symmetric, rule: paper, error: reread, nudge: 0.05}
 TOPOLOGIES = {"chain": CHAIN, "residual": RESIDUAL, "agt": AGT}
 
 
+@pytest.fixture(params=dispatch.UPDATES)
+def update(request, monkeypatch):
+    """Run the test with each update kernel (``sampled``, ``masked-dense``) at every density:
+    the dispatch rule would otherwise pick one by density."""
+    monkeypatch.setitem(
+        dispatch.SAMPLED_UPDATE_UP_TO, "cpu", 1.0 if request.param == "sampled" else 0.0
+    )
+    return request.param
+
+
 def sparse_spec(name: str, backend: str) -> TopologySpec:
     return loads_topology(TOPOLOGIES[name].replace("BACKEND", backend), f"{name}.yaml")
 
@@ -176,8 +186,9 @@ def sparse_edge_count(net: CompiledNetwork) -> int:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(TOPOLOGIES))
-def test_free_and_nudged_states_and_ep_updates_agree(name, backend):
+def test_free_and_nudged_states_and_ep_updates_agree(name, backend, update):
     sparse, dense = pair(name, backend)
+    assert all(b.plan().update == update for b in sparse.edges.values() if hasattr(b, "plan"))
     assert sparse_edge_count(sparse) >= 2
     x, y = batch(sparse)
     method = EquilibriumPropagation.from_spec(sparse.spec)
@@ -194,7 +205,7 @@ def test_free_and_nudged_states_and_ep_updates_agree(name, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(TOPOLOGIES))
 @pytest.mark.parametrize("method", ["bp", "bptt", "implicit"])
-def test_autograd_gradients_agree(name, backend, method):
+def test_autograd_gradients_agree(name, backend, method, update):
     """BP, BPTT and implicit differentiation run through the sparse products' autograd."""
     sparse, dense = pair(name, backend)
     x, y = batch(sparse)
