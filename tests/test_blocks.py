@@ -19,7 +19,7 @@ from topo_ep import compiler
 from topo_ep.block_schema import BLOCK_KINDS
 from topo_ep.blocks import BLOCKS, Block, BlockContext, DenseBlock, SparseBlock, dispatch
 from topo_ep.blocks.masks import local_mask, random_mask, row_count
-from topo_ep.blocks.sparse import _SparseProduct
+from topo_ep.blocks.sparse import _SparseAccumulate, _SparseProduct
 from topo_ep.cli import main
 from topo_ep.compiler import compile_topology
 from topo_ep.errors import TopoEpError, TopologyError
@@ -174,6 +174,11 @@ def test_sparse_products_pass_gradcheck(backend, transposed):
     values = block.values.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(
         lambda v, o: _SparseProduct.apply(v, o, block, transposed), (values, x)
+    )
+    acc = torch.rand(x.shape[0], block.size[1] if transposed else block.size[0]).double()
+    assert torch.autograd.gradcheck(
+        lambda a, v, o: _SparseAccumulate.apply(a, v, o, block, 0.3, transposed),
+        (acc.requires_grad_(True), values, x),
     )
     out = block.product(x, transposed)
     (grad_values,) = torch.autograd.grad(out.sum(), [block.values])

@@ -30,10 +30,10 @@ class BlockSpec:
     """How an edge (or the readout) is stored: a block kind and its options.
 
     ``kind`` is a name of the block registry (``dense``, ``sparse``, ...); ``options`` are the
-    kind's own validated settings as sorted ``(name, value)`` pairs (for ``sparse``: density,
-    pattern, seed, radius, backend), defaults filled in. The schema of each kind's options is
-    :data:`topo_ep.block_schema.BLOCK_KINDS`; what the compiler builds from it is the block
-    class registered under the same name.
+    kind's own validated settings as ``(name, value)`` pairs in the kind's order (for
+    ``sparse``: pattern, density or radius, seed, backend), defaults filled in. The schema of
+    each kind's options is :data:`topo_ep.block_schema.BLOCK_KINDS`; what the compiler builds
+    from it is the block class registered under the same name.
     """
 
     kind: str = "dense"

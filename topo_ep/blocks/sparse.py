@@ -82,6 +82,38 @@ class _SparseProduct(torch.autograd.Function):
         return grad_values, grad_x, None, None
 
 
+class _SparseAccumulate(torch.autograd.Function):
+    """acc + alpha x A^T (or x A when ``transposed``) as one fused product, differentiable in
+    acc, the values and x."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        acc: Tensor,
+        values: Tensor,
+        x: Tensor,
+        block: SparseBlock,
+        alpha: float,
+        transposed: bool,
+    ) -> Tensor:
+        ctx.save_for_backward(values, x)
+        ctx.block, ctx.alpha, ctx.transposed = block, alpha, transposed
+        return block.raw_accumulate(values, acc, x, alpha, transposed)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        values, x = ctx.saved_tensors
+        block, alpha, transposed = ctx.block, ctx.alpha, ctx.transposed
+        grad_acc = grad if ctx.needs_input_grad[0] else None
+        grad_values = grad_x = None
+        if ctx.needs_input_grad[1]:
+            outer = block.raw_outer(x, grad) if transposed else block.raw_outer(grad, x)
+            grad_values = outer * alpha
+        if ctx.needs_input_grad[2]:
+            grad_x = block.raw_product(values, grad, not transposed) * alpha
+        return grad_acc, grad_values, grad_x, None, None, None
+
+
 @BLOCKS.register("sparse")
 class SparseBlock(nn.Module):
     """A sparse block ``g A``, A (target size x source size) with a fixed mask.
@@ -226,10 +258,14 @@ class SparseBlock(nn.Module):
         perm = torch.argsort(col * rows + row, stable=True)
         t_crow = torch.zeros(cols + 1, dtype=torch.long, device=device)
         t_crow[1:] = torch.bincount(col, minlength=cols).cumsum(0)
+        # CSR products run on int32 indices where they fit (MKL converts int64 on every call).
+        small = torch.int32 if col.numel() < 2**31 - 1 else torch.long
         self._set_buffer("row_indices", row)
         self._set_buffer("flat_indices", row * cols + col)
-        self._set_buffer("t_crow_indices", t_crow)
-        self._set_buffer("t_col_indices", row[perm])
+        self._set_buffer("csr_crow", crow.to(small))
+        self._set_buffer("csr_col", col.to(small))
+        self._set_buffer("t_crow_indices", t_crow.to(small))
+        self._set_buffer("t_col_indices", row[perm].to(small))
         self._set_buffer("t_perm", perm)
         self._cache.clear()
         self._templates.clear()
@@ -300,7 +336,7 @@ class SparseBlock(nn.Module):
             return torch.sparse_csr_tensor(
                 self.t_crow_indices, self.t_col_indices, t_values, (cols, rows)
             )
-        return torch.sparse_csr_tensor(self.crow_indices, self.col_indices, values, (rows, cols))
+        return torch.sparse_csr_tensor(self.csr_crow, self.csr_col, values, (rows, cols))
 
     def raw_product(self, values: Tensor, x: Tensor, transposed: bool) -> Tensor:
         """x A^T, or x A when ``transposed``, without autograd (the plan's backend)."""
@@ -310,6 +346,21 @@ class SparseBlock(nn.Module):
         if backend == "torch-sparse":
             return self.product_torch_sparse(values, x, transposed)
         return self.product_csr(values, x, transposed)
+
+    def raw_accumulate(
+        self, values: Tensor, acc: Tensor, x: Tensor, alpha: float, transposed: bool
+    ) -> Tensor:
+        """acc + alpha x A^T (x A when ``transposed``), fused where the backend allows,
+        without autograd."""
+        backend = self.plan(x.device.type).backend
+        if backend == "dense":
+            matrix = self._cached("dense", values, lambda: self.masked_dense(values))
+            return torch.addmm(acc, x, matrix if transposed else matrix.t(), alpha=alpha)
+        if backend == "torch.sparse":
+            # (acc^T + alpha A x^T)^T: one sparse addmm, no zero fill, no extra pass.
+            csr = self._csr(values, transposed)
+            return torch.addmm(acc.t(), csr, x.t(), alpha=alpha).t()
+        return torch.add(acc, self.product_torch_sparse(values, x, transposed), alpha=alpha)
 
     def product_dense(self, values: Tensor, x: Tensor, transposed: bool) -> Tensor:
         """Backend ``dense``: GEMM with the masked dense matrix, rebuilt when the values
@@ -377,11 +428,17 @@ class SparseBlock(nn.Module):
             return _SparseProduct.apply(values, x, self, transposed)
         return self.raw_product(values, x, transposed)
 
+    def _needs_graph(self, *tensors: Tensor) -> bool:
+        return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
     def accumulate(
         self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
     ) -> Tensor:
-        """acc + scale * g * x A^T."""
-        return acc + self.product(x) * (self.gain * scale)
+        """acc + scale * g * x A^T (one fused product without autograd)."""
+        alpha = self.gain * scale
+        if self._needs_graph(self.values, x, acc):
+            return _SparseAccumulate.apply(acc, self.values, x, self, alpha, False)
+        return self.raw_accumulate(self.values, acc, x, alpha, False)
 
     def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor:
         """g * x A^T."""
@@ -436,8 +493,11 @@ class SparseTransposeBlock:
     def accumulate(
         self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
     ) -> Tensor:
-        """acc + scale * g * x A."""
-        return acc + self.partner.product(x, transposed=True) * (self.gain * scale)
+        """acc + scale * g * x A (one fused product without autograd)."""
+        partner, alpha = self.partner, self.gain * scale
+        if partner._needs_graph(partner.values, x, acc):
+            return _SparseAccumulate.apply(acc, partner.values, x, partner, alpha, True)
+        return partner.raw_accumulate(partner.values, acc, x, alpha, True)
 
     def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor:
         out = self.partner.product(x, transposed=True)
