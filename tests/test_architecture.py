@@ -40,7 +40,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # compiling into tensors and block operators, and their spectrum
     ("compiler", "spectral"),
     # relaxation
-    ("engine", "energy"),
+    ("engine", "energy", "fixed_points"),
     # learners
     (
         "learn",

@@ -188,3 +188,32 @@ def test_generated_readout_errors_still_validate() -> None:
     with pytest.raises(TopologyError) as info:
         loads_topology(text + "readout: {from: h9}\n", "g.yaml")
     assert info.value.kind == "missing-layer" and info.value.line == 4
+
+
+def test_generate_respects_the_edge_bound_of_declared_edges() -> None:
+    """agt, depth 1000, probability 1 made 999,001 edges and took 84 s to validate; it is now
+    refused while generating, at the generate node."""
+    from topo_ep import generate
+    from topo_ep.fields import MAX_EDGES
+
+    block = "{family: agt, depth: 1000, width: 2, probability: 1}"
+    text = f"name: big\ninput: {{size: 4}}\ngenerate: {block}\n"
+    with pytest.raises(TopologyError, match=f"more than {MAX_EDGES} edges") as info:
+        loads_topology(text, "g.yaml")
+    settings = {"family": "agt", "depth": 1000, "gain": 0.1, "feedback": "random"}
+    with pytest.raises(generate.TooManyEdges):  # stops as soon as the bound is passed
+        generate.generate_edges({**settings, "probability": 1.0, "seed": 0}, most=100)
+    assert info.value.kind == "absurd-number" and info.value.location.line == 3
+
+
+def test_declared_lists_have_the_same_bounds() -> None:
+    from topo_ep.fields import MAX_EDGES, MAX_LAYERS
+    from topo_ep.validate import spec_from_dict
+
+    base = {"name": "x", "input": {"size": 2}, "readout": {"from": "h1", "size": 2}}
+    layers = [{"name": f"h{k}", "size": 1} for k in range(1, MAX_LAYERS + 2)]
+    with pytest.raises(TopologyError, match=f"more than the {MAX_LAYERS} allowed"):
+        spec_from_dict({**base, "layers": layers, "edges": []})
+    edges = [{"source": "input", "target": "h1"}] * (MAX_EDGES + 1)
+    with pytest.raises(TopologyError, match=f"more than the {MAX_EDGES} allowed"):
+        spec_from_dict({**base, "layers": [{"name": "h1", "size": 1}], "edges": edges})

@@ -627,7 +627,7 @@ def test_check_gradients_negative_control_fails(capsys, tmp_path):
     fast = ("--schedule", "sweep", "--batch", "8")  # same fixed point, half the steps
     code, out = _check(capsys, str(path), "--rule", "paper", "--nudging", "one-sided", *fast)
     assert code == 1
-    assert "FAILED: 4 of 6 tensors have 1 - cos > 1e-06" in out
+    assert "FAILED: 4 of 6 tensors fail 1 - cos <= 1e-06" in out
     rows = _table(out)
     hidden = [key for key in rows if key.startswith("h")]
     assert len(hidden) == 4

@@ -355,7 +355,7 @@ def test_check_gradients_of_a_trained_checkpoint_on_its_dataset(runs, topology, 
     out = capsys.readouterr().out
     assert f"network: checkpoint {run} (epoch 2, method ep)" in out
     assert "data: digits, first 4 examples of the test split" in out
-    assert "passed: every 1 - cos <= 1e-06" in out
+    assert "passed: every tensor has 1 - cos <= 1e-06" in out
     # the trained weights are checked, not a fresh network's: the EP norms differ
     assert main(["check-gradients", str(path), "--batch", "4", "--dataset", "digits"]) == 0
     fresh = capsys.readouterr().out

@@ -147,6 +147,29 @@ def available_memory() -> int | None:
         return None
 
 
+def require_representable(spec: TopologySpec, dtype: torch.dtype) -> None:
+    """Refuse gains, the nudge and the input constants that ``dtype`` cannot hold.
+
+    Every one of them multiplies a tensor of the network's dtype; one beyond the dtype's range
+    (a feedback gain of 1e308 in float32) would overflow inside the first product.
+
+    Raises
+    ------
+    TopoEpError
+        Naming the field, its value and the dtype's largest value.
+    """
+    largest = torch.finfo(dtype).max
+    scalars = [(f"edges[{i}].gain ({e.key})", e.gain) for i, e in enumerate(spec.edges)]
+    scalars += [("training.nudge", spec.training.nudge), ("input.mean", spec.input.mean)]
+    scalars += [("1 / input.std", 1.0 / spec.input.std)]
+    for field, value in scalars:
+        if abs(value) > largest:
+            raise TopoEpError(
+                f"topology {spec.name!r}: {field} = {value:g} is beyond what "
+                f"{str(dtype).removeprefix('torch.')} holds (largest {largest:.3g})"
+            )
+
+
 def require_memory(spec: TopologySpec, dtype: torch.dtype) -> None:
     """Refuse, before allocating anything, a network whose tensors would not fit in memory.
 
@@ -207,6 +230,7 @@ class CompiledNetwork(nn.Module):
         )
         self.top = self.layout.index(spec.readout.source)
         self._schedules: dict[str, Schedule] = {}
+        require_representable(spec, dtype)
         require_memory(spec, dtype)
 
         # Registration order fixes the order of parameters() (and of an optimizer's state):

@@ -20,6 +20,11 @@ from topo_ep.yaml_source import KEY_MARK, dotted_path
 
 #: Largest layer, input or readout size accepted.
 MAX_SIZE = 1_000_000
+#: Most hidden layers a topology may have, declared or generated.
+MAX_LAYERS = 10_000
+#: Most edges a topology may have, declared or generated (a YAML document of at most 100000
+#: nodes holds at most about 33000 edges of three nodes each).
+MAX_EDGES = 30_000
 #: Layer names: a letter or underscore, then letters, digits, ``_`` or ``-``.
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_\-]*\Z")
 
@@ -123,10 +128,14 @@ class FieldChecker:
                 raise self.missing(path, key)
         return dict(value)
 
-    def sequence(self, value: Any, path: tuple, what: str) -> list[Any]:
-        """Check that ``value`` is a list of ``what``."""
+    def sequence(self, value: Any, path: tuple, what: str, most: int | None = None) -> list[Any]:
+        """Check that ``value`` is a list of ``what``, of at most ``most`` items."""
         if not isinstance(value, (list, tuple)):
             raise self.error("type", f"expected a list of {what}; got {show_value(value)}", path)
+        if most is not None and len(value) > most:
+            raise self.error(
+                "absurd-number", f"{len(value)} {what} is more than the {most} allowed", path
+            )
         return list(value)
 
     def get(

@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from topo_ep.errors import Location
-from topo_ep.fields import FieldChecker
+from topo_ep.fields import MAX_EDGES, FieldChecker
 from topo_ep.spec import ACTIVATIONS, FEEDBACK_MODES, INPUT
 
 FAMILIES = ("chain", "residual", "agt")
@@ -118,8 +118,18 @@ def _feedback(source: str, target: str, gain: float, mode: str) -> dict[str, Any
     return {"source": source, "target": target, "kind": "feedback", "gain": gain, "feedback": mode}
 
 
-def generate_edges(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Edge mappings of a completed generate block (see the module docstring)."""
+class TooManyEdges(Exception):
+    """A generate block would make more than :data:`topo_ep.fields.MAX_EDGES` edges."""
+
+
+def generate_edges(settings: Mapping[str, Any], most: int = MAX_EDGES) -> list[dict[str, Any]]:
+    """Edge mappings of a completed generate block (see the module docstring).
+
+    Raises
+    ------
+    TooManyEdges
+        As soon as more than ``most`` edges have been made (so a huge block costs little).
+    """
     depth, gain, mode = settings["depth"], settings["gain"], settings["feedback"]
     names = [f"h{k}" for k in range(1, depth + 1)]
     edges = [_forward(INPUT, names[0])]
@@ -142,6 +152,8 @@ def generate_edges(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
                     continue
                 if rng.random() >= settings["probability"]:
                     continue
+                if len(edges) > most:
+                    raise TooManyEdges
                 if i < j:
                     edges.append(_forward(names[i], names[j], "skip"))
                     edges.append(_feedback(names[j], names[i], gain, "random"))
@@ -149,6 +161,8 @@ def generate_edges(settings: Mapping[str, Any]) -> list[dict[str, Any]]:
                 elif (names[i], names[j], "feedback") not in present:
                     edges.append(_feedback(names[i], names[j], gain, "random"))
                     present.add((names[i], names[j], "feedback"))
+    if len(edges) > most:
+        raise TooManyEdges
     return edges
 
 
@@ -194,7 +208,15 @@ def expand_generate(
         {"name": name, "size": settings["width"], "activation": settings["activation"]}
         for name in names
     ]
-    result["edges"] = generate_edges(settings)
+    try:
+        result["edges"] = generate_edges(settings)
+    except TooManyEdges:
+        raise check.error(
+            "absurd-number",
+            f"this block makes more than {MAX_EDGES} edges, the bound that declared edges have "
+            "too; lower the depth or the probability",
+            _PATH,
+        ) from None
     readout = result.get("readout", {})
     if isinstance(readout, Mapping):
         defaults = {"from": names[-1], "size": DEFAULT_CLASSES, "feedback": settings["feedback"]}

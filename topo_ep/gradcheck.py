@@ -16,7 +16,8 @@ reports
   keeps its relative accuracy far below the float64 epsilon;
 - the raw norm ratio |g_EP| / |g|;
 - the predicted ratio c_top^2 / c_j^2 of the EP theorem (j: the target layer; for a chain the
-  product of the feedback gains between j and the top), or ``None`` ("n/a") where the theory
+  product, over the links from j up to the top, of each link's feedback gain over its forward
+  gain), or ``None`` ("n/a") where the theory
   makes no prediction: the topology has no energy (random feedback, unbalanced gains), or the
   readout's nudge feedback is random (the nudge is then not -dL/ds). With gain compensation the
   predicted ratio is 1;
@@ -24,8 +25,22 @@ reports
 - the signal: how far the nudge moved the target layer relative to its norm
   (:func:`ep_signals`); rounding limits the EP estimate to about eps / signal.
 
-An entry fails when 1 - cos > ``max_angle`` (or is not a number); the check fails when any
-entry fails or a relaxation did not converge.
+The verdict is nudge-aware. A correct EP estimate is biased by O(nudge^k): k = 2 with symmetric
+nudging, k = 1 one-sided, so its 1 - cos is O(nudge^(2k)). ``max_angle`` is the threshold at
+the reference nudge 1e-3 and scales with that order above it,
+
+    threshold = max_angle * max(1, (nudge / 1e-3)^(2k)),
+
+never below ``max_angle`` (below 1e-3 rounding, about (eps / signal)^2, dominates). Where the
+threshold would exceed 1e-4 it no longer tells a correct estimate from a wrong one; the check
+then tests the order itself: it repeats EP at nudge / 10 and a row passes when its 1 - cos there
+is at most ``max_angle`` or has fallen at least 10^(2k-1)-fold (the expected 10^(2k), less a
+decade of slack for nets outside the asymptotic regime). An entry that is not a number fails;
+the check fails when any entry fails or a phase did not converge. A divergent relaxation or
+adjoint is reported as not converged (exit code 1), not as a user error.
+
+Several fixed points. The free phase of every registered schedule is run from zero; when two
+settle at different states for some sample, the report says so (:mod:`topo_ep.fixed_points`).
 
 Error mode. The default is ``reread`` (the error y - p(s) recomputed from the current state
 every step), the form the EP theorem is usually stated for. ``held`` (the error frozen at its
@@ -48,11 +63,20 @@ from torch import Tensor
 from topo_ep.balance import gain_factors, no_energy_reason
 from topo_ep.compiler import CompiledNetwork, compile_topology
 from topo_ep.engine import effective_tolerance
+from topo_ep.errors import DivergenceError
+from topo_ep.fixed_points import fixed_point_split, settled_states
 from topo_ep.learn.ep import EPPhases, EquilibriumPropagation
 from topo_ep.learn.implicit import implicit_gradients
+from topo_ep.schedules import SCHEDULES
 from topo_ep.spec import ERROR_MODES, NUDGINGS, RULES, TopologySpec
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: The nudge at which ``max_angle`` is the threshold as given.
+REFERENCE_NUDGE = 1e-3
+#: Above this scaled threshold the check tests the order in the nudge instead.
+ORDER_TEST_ABOVE = 1e-4
+#: The nudge of the order test is the checked nudge divided by this.
+ORDER_STEP = 10.0
 
 
 @dataclass(frozen=True)
@@ -69,7 +93,7 @@ class CheckSettings:
     batch, seed
         Size of the random batch; the seed draws the batch and the initial weights.
     max_angle
-        Failure threshold on 1 - cos.
+        Failure threshold on 1 - cos at the reference nudge 1e-3 (see :attr:`threshold`).
     gain_compensated
         Divide each EP update by its predicted factor (needs an energy).
     schedule
@@ -115,6 +139,37 @@ class CheckSettings:
             if not ok:
                 raise ValueError(message)
 
+    @property
+    def order(self) -> int:
+        """k of the O(nudge^k) bias of a correct estimate: 2 symmetric, 1 one-sided."""
+        return 2 if self.nudging == "symmetric" else 1
+
+    @property
+    def threshold(self) -> float:
+        """max_angle * max(1, (nudge / 1e-3)^(2k)): the 1 - cos a correct estimate may reach."""
+        return self.max_angle * max(1.0, (self.nudge / REFERENCE_NUDGE) ** (2 * self.order))
+
+    @property
+    def tests_order(self) -> bool:
+        """Whether the threshold is too loose to decide, so the check tests the order."""
+        return self.threshold > ORDER_TEST_ABOVE
+
+    def describe_verdict(self) -> str:
+        """What a row must satisfy to pass, in words."""
+        k = self.order
+        bias = f"{self.nudging} nudging has an O(nudge^{k}) bias, so 1 - cos is O(nudge^{2 * k})"
+        if not self.tests_order:
+            return (
+                f"1 - cos <= {self.threshold:.3g} ({bias}; max_angle {self.max_angle:g} at nudge "
+                f"{REFERENCE_NUDGE:g}, scaled to nudge {self.nudge:g})"
+            )
+        small = self.nudge / ORDER_STEP
+        return (
+            f"order test ({bias}; at nudge {self.nudge:g} the scaled threshold "
+            f"{self.threshold:.3g} cannot decide): at nudge {small:g}, 1 - cos <= "
+            f"{self.max_angle:g} or fallen >= {ORDER_STEP ** (2 * k - 1):g}x"
+        )
+
 
 @dataclass(frozen=True)
 class EdgeCheck:
@@ -141,7 +196,9 @@ class EdgeCheck:
     ep_norm, true_norm
         |g_EP| and |g|.
     passed
-        1 - cos <= max_angle.
+        The verdict (:meth:`CheckSettings.describe_verdict`).
+    one_minus_cos_small
+        1 - cos at nudge / 10 when the check tests the order, else ``None``.
     """
 
     name: str
@@ -154,6 +211,7 @@ class EdgeCheck:
     ep_norm: float
     true_norm: float
     passed: bool
+    one_minus_cos_small: float | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +237,10 @@ class GradientCheck:
         Whether every phase reached the tolerance.
     batch
         Number of examples checked.
+    problem
+        Why no comparison could be made (a divergent relaxation or adjoint), else ``None``.
+    fixed_points
+        A sentence when schedules settle at different fixed points, else ``None``.
     """
 
     topology: str
@@ -191,6 +253,8 @@ class GradientCheck:
     adjoint_steps: int
     converged: bool
     batch: int
+    problem: str | None = None
+    fixed_points: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -216,8 +280,15 @@ class GradientCheck:
         if self.prediction_note:
             lines.append(f"predicted ratio: n/a ({self.prediction_note})")
         else:
-            lines.append("predicted ratio: c_top^2 / c_j^2 (product of gains to the top)")
+            lines.append(
+                "predicted ratio: c_top^2 / c_j^2 (for a chain: the product, over the links from "
+                "j up to the top, of feedback gain / forward gain)"
+            )
+        if self.fixed_points:
+            lines.append(f"warning: {self.fixed_points}")
         state = "converged" if self.converged else "NOT CONVERGED: results are not meaningful"
+        if self.problem:
+            state = f"NOT CONVERGED: {self.problem}"
         lines.append(
             f"relaxation: free {self.free_steps} steps, nudged {self.nudged_steps} steps, "
             f"adjoint {self.adjoint_steps} steps, {state}"
@@ -235,14 +306,17 @@ class GradientCheck:
                 + ("ok" if row.passed else "FAIL")
             )
         failed = [row for row in self.rows if not row.passed]
+        if s.tests_order and self.rows:
+            lines.append(f"{'edge':<{width}}  1 - cos at nudge {s.nudge / ORDER_STEP:g}")
+            for row in self.rows:
+                lines.append(f"{row.name:<{width}}  {row.one_minus_cos_small:>10.3e}")
+        verdict = s.describe_verdict()
         if self.passed:
-            lines.append(f"passed: every 1 - cos <= {s.max_angle:g} ({len(self.rows)} tensors)")
+            lines.append(f"passed: every tensor has {verdict} ({len(self.rows)} tensors)")
         else:
             reasons = []
             if failed:
-                reasons.append(
-                    f"{len(failed)} of {len(self.rows)} tensors have 1 - cos > {s.max_angle:g}"
-                )
+                reasons.append(f"{len(failed)} of {len(self.rows)} tensors fail {verdict}")
             if not self.converged:
                 reasons.append("a relaxation did not converge")
             lines.append("FAILED: " + "; ".join(reasons))
@@ -343,30 +417,69 @@ def check_gradients(
     schedule = s.schedule or spec.dynamics.schedule
     net.schedule(schedule)  # an unknown name is a TopoEpError that lists the valid ones
     tolerance = effective_tolerance(1e-300 if s.tolerance is None else s.tolerance, dtype)
-    method = EquilibriumPropagation(
-        nudge=s.nudge,
-        nudging=s.nudging,
-        rule=s.rule,
-        error=s.error,
-        schedule=schedule,
-        free_steps=s.max_steps,
-        nudged_steps=s.max_steps,
-        tolerance=tolerance,
-        check_every=s.check_every,
-        gain_compensated=s.gain_compensated,
+
+    def method_at(nudge: float) -> EquilibriumPropagation:
+        return EquilibriumPropagation(
+            nudge=nudge,
+            nudging=s.nudging,
+            rule=s.rule,
+            error=s.error,
+            schedule=schedule,
+            free_steps=s.max_steps,
+            nudged_steps=s.max_steps,
+            tolerance=tolerance,
+            check_every=s.check_every,
+            gain_compensated=s.gain_compensated,
+        )
+
+    method = method_at(s.nudge)
+    names = (schedule, *(name for name in SCHEDULES.names() if name != schedule))
+    header = dict(
+        topology=spec.name, settings=s, energy_reason=no_energy_reason(spec), batch=int(x.shape[0])
     )
-    estimate = method.estimate(net, x, y)
+
+    def not_converged(problem: str, free_steps: int = 0) -> GradientCheck:
+        return GradientCheck(
+            rows=(),
+            prediction_note=None,
+            free_steps=free_steps,
+            nudged_steps=0,
+            adjoint_steps=0,
+            converged=False,
+            problem=problem,
+            **header,
+        )
+
+    try:
+        settled = settled_states(net, net.input_drive(x), names, s.max_steps, tolerance)
+    except DivergenceError as exc:
+        return not_converged(str(exc))
+    split = fixed_point_split(settled)
+    header["fixed_points"] = None if split is None else split.describe()
+    free_stats = settled[schedule][1]
+    if not free_stats.converged:  # no fixed point: nothing to differentiate at
+        return not_converged(
+            f"the free phase ({schedule}) did not settle within {free_stats.steps} steps "
+            f"(residual {free_stats.residual:.3g}): there is no fixed point to compare "
+            "gradients at",
+            free_stats.steps,
+        )
+    try:
+        estimate = method.estimate(net, x, y)
+        small = method_at(s.nudge / ORDER_STEP).estimate(net, x, y) if s.tests_order else None
+        truth = implicit_gradients(
+            net,
+            x,
+            y,
+            schedule=schedule,
+            free_steps=s.max_steps,
+            tolerance=tolerance,
+            check_every=s.check_every,
+        )
+    except DivergenceError as exc:
+        return not_converged(str(exc), free_stats.steps)
     ep_result, ep = estimate.result, estimate.grads
     signals = ep_signals(net, method, estimate.phases)
-    truth = implicit_gradients(
-        net,
-        x,
-        y,
-        schedule=schedule,
-        free_steps=s.max_steps,
-        tolerance=tolerance,
-        check_every=s.check_every,
-    )
     factors, note = predicted_ratios(spec)
     rows = []
     for key in net.learned_tensors():
@@ -380,6 +493,7 @@ def check_gradients(
             predicted = None
         a, b = ep[key], truth.grads[key]
         angle = one_minus_cosine(a, b)
+        angle_small = None if small is None else one_minus_cosine(small.grads[key], b)
         ep_norm, true_norm = float(a.norm()), float(b.norm())
         rows.append(
             EdgeCheck(
@@ -392,21 +506,31 @@ def check_gradients(
                 signal=signals.get(target, math.nan),
                 ep_norm=ep_norm,
                 true_norm=true_norm,
-                passed=angle <= s.max_angle,
+                passed=_row_passes(s, angle, angle_small),
+                one_minus_cos_small=angle_small,
             )
         )
     converged = bool(
-        ep_result.converged and truth.free_stats.converged and truth.adjoint_stats.converged
+        ep_result.converged
+        and (small is None or small.result.converged)
+        and truth.free_stats.converged
+        and truth.adjoint_stats.converged
     )
     return GradientCheck(
-        topology=spec.name,
-        settings=s,
         rows=tuple(rows),
-        energy_reason=no_energy_reason(spec),
         prediction_note=note,
         free_steps=ep_result.free_steps,
         nudged_steps=ep_result.nudged_steps,
         adjoint_steps=truth.adjoint_stats.steps,
         converged=converged,
-        batch=int(x.shape[0]),
+        **header,
     )
+
+
+def _row_passes(s: CheckSettings, angle: float, angle_small: float | None) -> bool:
+    """The nudge-aware verdict of one row (:meth:`CheckSettings.describe_verdict`); a ``nan``
+    angle fails."""
+    if angle_small is None:
+        return angle <= s.threshold
+    fall = ORDER_STEP ** (2 * s.order - 1)
+    return angle_small <= s.max_angle or angle_small * fall <= angle

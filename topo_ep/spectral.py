@@ -29,6 +29,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
 from topo_ep.compiler import CompiledNetwork
+from topo_ep.errors import TopoEpError
 from topo_ep.spec import INPUT
 
 #: Largest N for which the exact eigenvalues are computed by ``method="auto"``.
@@ -170,6 +171,11 @@ def eigenvalues_of_map(
         return np.zeros(0, dtype=np.complex128)
     if uses_exact(method, n, exact_limit):
         matrix = dense() if dense is not None else _dense_from_apply(apply, n)
+        if not np.isfinite(matrix).all():
+            raise TopoEpError(
+                "the linear map has non-finite entries (inf or nan): a gain or a weight is too "
+                "large for the dtype, or the weights are not finite"
+            )
         with threadpool_limits(1):
             values = _sorted(np.linalg.eigvals(np.asarray(matrix, dtype=np.float64)))
         return values if k is None else values[:k]

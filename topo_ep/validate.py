@@ -19,7 +19,7 @@ from typing import Any
 from topo_ep import graph
 from topo_ep.block_schema import Placement, parse_block
 from topo_ep.errors import Location
-from topo_ep.fields import FieldChecker, show_value, suggest
+from topo_ep.fields import MAX_EDGES, MAX_LAYERS, FieldChecker, show_value, suggest
 from topo_ep.schedules import SCHEDULES
 from topo_ep.spec import (
     ACTIVATIONS,
@@ -117,7 +117,7 @@ def _shape(check: FieldChecker, data: Mapping[str, Any], path: tuple) -> tuple[i
 
 def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
     path: tuple = ("layers",)
-    items = check.sequence(value, path, "layers")
+    items = check.sequence(value, path, "layers", MAX_LAYERS)
     if not items:
         raise check.error("invalid-value", "at least one hidden layer is needed", path)
     layers: list[LayerSpec] = []
@@ -295,7 +295,7 @@ def _edges(
     sizes: Mapping[str, int],
     grids: Mapping[str, tuple[int, ...]],
 ) -> tuple[EdgeSpec, ...]:
-    items = check.sequence(value, ("edges",), "edges")
+    items = check.sequence(value, ("edges",), "edges", MAX_EDGES)
     edges: list[EdgeSpec] = []
     seen: dict[tuple[str, str, str], int] = {}
     for index, item in enumerate(items):

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from topo_ep.analysis import plots
+from topo_ep.analysis.convergence import ConvergenceTimes
 from topo_ep.analysis.drawing import draw_topology
 from topo_ep.analysis.gradient_flow import GradientFlow
+from topo_ep.analysis.lyapunov import LyapunovExponents
 from topo_ep.analysis.run import NetworkAnalysis
 from topo_ep.spec import TopologySpec
 
@@ -166,6 +168,7 @@ def _convergence_lines(result: NetworkAnalysis) -> list[str]:
             notes.append(f"{name}: no sample converged, so no rate was measured")
     best = min(result.convergence.items(), key=lambda kv: kv[1].median_time)
     notes.append(f"fastest schedule: {best[0]} (median {_f(best[1].median_time)} steps)")
+    notes.append(result.fixed_points or "every converged schedule settles at the same fixed point")
     lines += ["", f"*Interpretation:* {'; '.join(notes)}.", "", "![residuals](residuals.png)", ""]
     return lines
 
@@ -201,7 +204,30 @@ def _lyapunov_lines(result: NetworkAnalysis) -> list[str]:
             "oscillating)"
         )
     lines += ["", f"*Interpretation ({sync.schedule}):* {verdict}.", ""]
+    short = _horizon_too_short(sync, result.convergence.get(sync.schedule))
+    if short:
+        lines += [f"*Horizon:* {short}", ""]
     return lines
+
+
+def _horizon_too_short(ly: LyapunovExponents, times: ConvergenceTimes | None) -> str:
+    """A warning when samples with lambda_T > 0 settle after T steps (the transient dominates
+    lambda_T, which then cannot tell chaos from a slow approach), else an empty string."""
+    if times is None or ly.max < 0:
+        return ""
+    positive = ly.exponents > 0
+    settled = np.isfinite(times.times)
+    late = positive & settled & (np.nan_to_num(times.times, nan=0.0) > ly.steps)
+    if not late.any():
+        return ""
+    median = float(np.median(times.times[late]))
+    return (
+        f"{int(late.sum())} of the {int(positive.sum())} samples with lambda_T > 0 do settle, "
+        f"but only after T = {ly.steps} steps (median {median:.0f} steps in the convergence "
+        "table): over this horizon the transient dominates and lambda_T cannot tell chaos "
+        f"from a slow approach. Rerun with a horizon several times the settling time "
+        f"(`topo-ep analyze --lyapunov-steps {max(10 * ly.steps, int(4 * median))}`)."
+    )
 
 
 def _flow_tables(flow: GradientFlow, control: GradientFlow | None, dtype: str) -> list[str]:

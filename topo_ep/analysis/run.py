@@ -23,8 +23,9 @@ from topo_ep.analysis.gradient_flow import GradientFlow, gradient_flow
 from topo_ep.analysis.jacobian import JacobianRadii, jacobian_radii
 from topo_ep.analysis.lyapunov import LyapunovExponents, lyapunov_exponents
 from topo_ep.analysis.operator import OperatorSpectrum, operator_spectrum
-from topo_ep.analysis.states import FixedPoint, free_fixed_point
+from topo_ep.analysis.states import FixedPoint, fixed_point_tolerance, free_fixed_point
 from topo_ep.compiler import CompiledNetwork, compile_topology
+from topo_ep.fixed_points import fixed_point_split, settled_states
 from topo_ep.schedules import SCHEDULES
 
 #: Parts of the analysis that :func:`analyse` can run.
@@ -92,6 +93,7 @@ class NetworkAnalysis:
     gradient_flow: GradientFlow | None = None
     gradient_flow_float64: GradientFlow | None = None
     energy: dict[str, EnergyTrace] = field(default_factory=dict)
+    fixed_points: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +105,7 @@ class NetworkAnalysis:
             "schedules": list(self.schedules),
             "free_steps": self.free_steps,
             "balance": asdict(self.balance),
+            "fixed_points": self.fixed_points,
             "notes": list(self.notes),
         }
         if self.operator is not None:
@@ -265,6 +268,11 @@ def analyse(
         result.convergence = {
             name: convergence_times(net, x, name, options.convergence_steps) for name in schedules
         }
+        drives = net.input_drive(x)
+        tolerance = fixed_point_tolerance(net.dtype)
+        settled = settled_states(net, drives, schedules, options.convergence_steps, tolerance)
+        split = fixed_point_split(settled)
+        result.fixed_points = None if split is None else split.describe()
     if "gradient_flow" in parts:
         say("gradient flow")
         result.gradient_flow = gradient_flow(net, x, y)
