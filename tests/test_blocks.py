@@ -447,3 +447,21 @@ def test_analyze_runs_on_a_sparse_topology(tmp_path):
     assert main([*args, "--schedule", "sweep"]) == 0
     report = (out / "report.md").read_text("utf-8")
     assert "Has an energy" in report and "exact eigenvalues" in report
+
+
+def test_a_state_dict_cast_to_float64_loads_and_a_corrupt_one_does_not():
+    net = compile_topology(sparse_spec("chain", "torch.sparse"))
+    state = net.state_dict()
+    other = compile_topology(sparse_spec("chain", "torch.sparse"), dtype=torch.float64)
+    other.load_state_dict({k: v.double() for k, v in state.items()})  # analyze's float64 copy
+    block = other.edges["h1->h2:forward"]
+    assert block.col_indices.dtype == torch.int64
+    assert torch.equal(block.col_indices, net.edges["h1->h2:forward"].col_indices)
+    bad = dict(state)
+    bad["edges.h1->h2:forward.col_indices"] = state["edges.h1->h2:forward.col_indices"] + 0.5
+    with pytest.raises(RuntimeError, match="expected integers"):
+        other.load_state_dict(bad)
+    bad = dict(state)
+    bad["edges.h1->h2:forward.values"] = state["edges.h1->h2:forward.values"].to(torch.int64)
+    with pytest.raises(RuntimeError, match="expected a floating-point tensor"):
+        other.load_state_dict(bad)

@@ -321,6 +321,30 @@ class CompiledNetwork(nn.Module):
             if new is not None and prefix + new not in state_dict:
                 state_dict[prefix + new] = state_dict.pop(key)
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, refusing first a tensor of the wrong kind: the weights
+        must be floating-point (torch would otherwise cast an integer tensor silently); a block's
+        integer structure (a sparse mask) may come as integers or as floats holding integers
+        exactly (a state dict cast with ``.double()``), and is stored back as integers.
+
+        Raises
+        ------
+        RuntimeError
+            Naming the tensor, what it should be and what it is.
+        """
+        own = self.state_dict()
+        for key, value in state_dict.items():
+            mine = own.get(key)
+            if not isinstance(value, Tensor) or mine is None:
+                continue
+            if mine.is_floating_point() and not value.is_floating_point():
+                raise RuntimeError(f"{key}: expected a floating-point tensor, got {value.dtype}")
+            if mine.is_floating_point() or not value.is_floating_point():
+                continue
+            if not bool(torch.equal(value, value.round())):
+                raise RuntimeError(f"{key}: expected integers ({mine.dtype}), got fractions")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     # ------------------------------------------------------------------ properties
     @property
     def dtype(self) -> torch.dtype:
