@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -465,3 +466,12 @@ def test_a_state_dict_cast_to_float64_loads_and_a_corrupt_one_does_not():
     bad["edges.h1->h2:forward.values"] = state["edges.h1->h2:forward.values"].to(torch.int64)
     with pytest.raises(RuntimeError, match="expected a floating-point tensor"):
         other.load_state_dict(bad)
+
+
+def test_check_gradients_passes_on_the_shipped_sparse_topology(capsys):
+    """EP's update against the implicit gradient, through the sparse block and its exact
+    transpose, with the command's defaults (float64, contrast rule, symmetric nudge 1e-3)."""
+    path = Path(__file__).resolve().parents[1] / "topologies" / "sparse_2x1024.yaml"
+    assert main(["check-gradients", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "h1->h2:forward" in out and "passed" in out

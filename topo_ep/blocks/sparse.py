@@ -36,10 +36,6 @@ from topo_ep.blocks.masks import local_mask, local_row_bound, random_mask, row_c
 from topo_ep.errors import TopoEpError
 from topo_ep.initial import glorot_bound, tensor_generator
 
-#: Persistent buffers of the mask (in the checkpoint).
-MASK_BUFFERS = ("crow_indices", "col_indices")
-
-
 def _import_torch_sparse() -> Any:
     try:
         import torch_sparse
