@@ -475,3 +475,13 @@ def test_check_gradients_passes_on_the_shipped_sparse_topology(capsys):
     assert main(["check-gradients", str(path)]) == 0
     out = capsys.readouterr().out
     assert "h1->h2:forward" in out and "passed" in out
+
+
+def test_the_block_schema_is_checked_without_torch():
+    """``topo-ep validate`` stays fast: the schema of every block kind loads without torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, topo_ep.loader, topo_ep.block_schema; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
