@@ -20,13 +20,23 @@ PACKAGE = Path(__file__).resolve().parents[1] / "topo_ep"
 #: learner -> analysis, and the command line sits on top.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # vocabulary: no behaviour beyond plain data and tensors
-    ("", "errors", "spec", "layout", "activations", "params", "blocks", "testhooks", "interrupts"),
+    ("", "errors", "spec", "layout", "activations", "params", "initial", "testhooks", "interrupts"),
     # reading and writing files
     ("yaml_source", "fields", "registry", "data", "checkpoint", "rundir"),
     # questions about the declared graph
-    ("graph", "schedules", "balance", "generate"),
+    ("graph", "schedules", "balance", "generate", "block_schema"),
     # the schema and the load path
     ("validate", "graph_io", "overrides", "loader"),
+    # block kinds: storage, products, tied transposes and EP's bilinear primitive
+    (
+        "blocks",
+        "blocks.base",
+        "blocks.dispatch",
+        "blocks.masks",
+        "blocks.dense",
+        "blocks.sparse",
+        "blocks.readout",
+    ),
     # compiling into tensors and block operators, and their spectrum
     ("compiler", "spectral"),
     # relaxation

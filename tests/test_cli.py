@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from topo_ep.blocks.masks import local_mask, row_count
 from topo_ep.cli import main
 from topo_ep.loader import load_topology
 from topo_ep.spec import TopologySpec
@@ -24,6 +25,14 @@ def _expected_counts(spec: TopologySpec) -> tuple[int, int]:
         if edge.kind == "feedback" and edge.feedback == "tied":
             continue  # no weights of its own
         size = spec.size_of(edge.target) * spec.size_of(edge.source)
+        if edge.block.kind == "sparse":  # the entries of its mask
+            if edge.block.option("pattern") == "local":
+                grids = spec.grid_of(edge.source), spec.grid_of(edge.target)
+                size = local_mask(*grids, edge.block.option("radius"))[1].numel()
+            else:
+                size = spec.size_of(edge.target) * row_count(
+                    edge.block.option("density"), spec.size_of(edge.source)
+                )
         if edge.learned:
             learned += size
         else:
@@ -45,7 +54,8 @@ def _compile(capsys, *args: str) -> str:
 
 def _block_lines(output: str) -> dict[str, str]:
     """Edge key -> its line in the ``blocks:`` section."""
-    lines = output.split("blocks:\n", 1)[1].split("\nreadout:", 1)[0].splitlines()
+    header = "blocks: [kind, density, backend]\n"
+    lines = output.split(header, 1)[1].split("\nreadout:", 1)[0].splitlines()
     return {line.split()[0]: line for line in lines}
 
 
@@ -65,10 +75,12 @@ def test_compile_prints_layout_blocks_and_parameter_count(path, capsys):
     for edge in spec.edges:
         line = blocks[edge.key]
         assert f"gain={edge.gain:g}" in line
+        kind = edge.block.kind if not edge.is_tied else spec.tied_partner(edge).block.kind
+        assert f"[{kind}, " in line
         if edge.is_tied:
-            assert "TransposeBlock" in line and "tied to" in line
+            assert "TransposeBlock(" in line and "tied to" in line
         else:
-            assert "DenseBlock" in line
+            assert f"{kind.capitalize()}Block(" in line
             assert line.rstrip().endswith("learned" if edge.learned else "fixed")
     learned, fixed = _expected_counts(spec)
     assert f"parameters: {learned} learned, {fixed} fixed" in out

@@ -62,6 +62,7 @@ def test_ship_exactly_the_documented_topologies() -> None:
         "res_20x64",
         "agt_10x64",
         "quickstart",
+        "sparse_2x1024",
     }
 
 

@@ -191,7 +191,7 @@ def test_same_seed_same_weights_different_seed_different_weights(runs, method):
     other = _model(runs[(method, "other")])
     assert full.keys() == other.keys()
     for key in full:
-        if key.startswith("weights.") or key == "readout_weight":
+        if key.startswith("edges.") or key == "head.block.weight":
             assert not torch.equal(full[key], other[key]), key
 
 
@@ -200,7 +200,7 @@ def test_training_changed_the_weights(runs, topology):
     initial = train_module.compile_topology(spec, seed=0).state_dict()
     trained = _model(runs[("ep", "full")])
     for key in initial:
-        if key.startswith("weights.") or key == "readout_weight":
+        if key.startswith("edges.") or key == "head.block.weight":
             assert not torch.equal(initial[key], trained[key]), key
 
 

@@ -166,7 +166,8 @@ def _is_number(value: Any) -> bool:
 def check_payload(payload: Any, source: str | os.PathLike) -> None:
     """Check the structure and the types of a checkpoint payload.
 
-    Required: ``spec`` (mapping), ``model`` (tensor name -> floating tensor), ``epoch``
+    Required: ``spec`` (mapping), ``model`` (tensor name -> floating tensor, or int64 for a
+    block's fixed structure such as a sparse mask), ``epoch``
     (integer >= 1) and ``method`` (a method's name; the caller that builds it checks the
     learning-method registry). Checked when present: ``format``,
     ``settings`` (each of :data:`SETTING_TYPES`), ``optimizer`` (``state`` and
@@ -214,8 +215,11 @@ def _check_model(model: Any, where: Path) -> None:
     for name, value in model.items():
         if not isinstance(name, str):
             raise _bad(where, "model", "a mapping with string keys", name)
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            raise _bad(where, f"model.{name}", "a floating-point tensor", value)
+        # Integer tensors are the fixed structure of a block (a sparse block's mask).
+        if not isinstance(value, torch.Tensor) or not (
+            value.is_floating_point() or value.dtype == torch.int64
+        ):
+            raise _bad(where, f"model.{name}", "a floating-point (or int64 index) tensor", value)
 
 
 def _check_settings(settings: Any, method: str, where: Path) -> None:

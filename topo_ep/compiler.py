@@ -1,9 +1,11 @@
 """Compiler: a :class:`~topo_ep.spec.TopologySpec` becomes a :class:`CompiledNetwork`.
 
-Declaration and execution are separate, as in Nengo's Builder: the spec says what exists, a
-compile rule per edge kind says what each edge becomes, and the result keeps, for every declared
-edge, the tensor and the block it turned into (:attr:`CompiledNetwork.bindings`), so learning and
-analysis can ask "what did this edge become".
+Declaration and execution are separate, as in Nengo's Builder: the spec says what exists, the
+block kind registered under each edge's ``block: {kind: ...}`` (:data:`topo_ep.blocks.BLOCKS`)
+says what it becomes, and the result keeps, for every declared edge, the block it turned into
+(:attr:`CompiledNetwork.bindings`), so learning and analysis can ask "what did this edge
+become". The compiler never looks inside a block: the block owns its tensors and their
+initialisation, and a tied feedback edge is the transpose its partner's block offers.
 
 Pre-activation of hidden layer k (row vectors, batch first):
 
@@ -14,25 +16,33 @@ where A_jk is W (forward, skip, random feedback) or W_partner^T (tied feedback).
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from topo_ep.activations import Activation, get_activation
 from topo_ep.balance import Balance, analyse_balance, require_gain_factors
-from topo_ep.blocks import Block, DenseBlock, TransposeBlock
+from topo_ep.blocks import BLOCKS, READOUT, Block, BlockContext, BlockKind, Joined, ReadoutHead
 from topo_ep.errors import TopoEpError
 from topo_ep.graph import feedforward_order
+from topo_ep.initial import glorot_uniform, tensor_generator
 from topo_ep.layout import Layout
 from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
 from topo_ep.schedules import SCHEDULES
-from topo_ep.spec import INPUT, EdgeSpec, TopologySpec
+from topo_ep.spec import INPUT, BlockSpec, EdgeSpec, TopologySpec
+
+__all__ = [
+    "READOUT_FEEDBACK",
+    "CompiledNetwork",
+    "EdgeBinding",
+    "compile_topology",
+    "glorot_uniform",
+    "tensor_generator",
+]
 
 
 @dataclass(frozen=True)
@@ -44,8 +54,8 @@ class EdgeBinding:
     edge
         The declared edge.
     tensor
-        Name of its weight in :attr:`CompiledNetwork.weights` (learned) or
-        :attr:`CompiledNetwork.fixed` (fixed); ``None`` for tied feedback, which owns no weight.
+        Name of its block in :attr:`CompiledNetwork.edges` (the block owns the tensor, learned
+        or fixed); ``None`` for tied feedback, which owns nothing.
     learned
         Whether the optimizer updates the weight.
     block
@@ -61,41 +71,62 @@ class EdgeBinding:
     tied_to: str | None = None
 
 
-def tensor_generator(seed: int, name: str) -> torch.Generator:
-    """The generator of one tensor's initial values, keyed by (seed, tensor name).
-
-    The 64-bit state is the first 8 bytes of sha256("<seed>:<name>"), so each tensor depends
-    on the seed and its own name only: declaring edges in another order, adding or removing an
-    edge leaves every other tensor's initial values unchanged.
-    """
-    digest = hashlib.sha256(f"{int(seed)}:{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-
-
-def glorot_uniform(rows: int, cols: int, generator: torch.Generator) -> Tensor:
-    """U(-a, a) with a = sqrt(6 / (rows + cols)), drawn in float64 on the CPU."""
-    bound = math.sqrt(6.0 / (rows + cols))
-    return (torch.rand(rows, cols, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-
-
-def _initial_weight(edge: EdgeSpec, rows: int, cols: int, generator: torch.Generator) -> Tensor:
-    if edge.init == "identity":
-        return torch.eye(rows, cols, dtype=torch.float64)
-    if edge.init == "zeros":
-        return torch.zeros(rows, cols, dtype=torch.float64)
-    return glorot_uniform(rows, cols, generator)
-
-
 #: Name of the fixed random readout feedback B_f in :func:`tensor_generator`.
 READOUT_FEEDBACK = "readout:feedback"
 
 
+def edge_context(spec: TopologySpec, edge: EdgeSpec, seed: int, dtype: torch.dtype) -> BlockContext:
+    """What the block of a declared (owning) edge is built from."""
+    return BlockContext(
+        name=edge.key,
+        source=edge.source,
+        target=edge.target,
+        rows=spec.size_of(edge.target),
+        cols=spec.size_of(edge.source),
+        source_grid=spec.grid_of(edge.source),
+        target_grid=spec.grid_of(edge.target),
+        gain=edge.gain,
+        learned=edge.learned,
+        init=edge.init,
+        block=edge.block,
+        seed=seed,
+        dtype=dtype,
+    )
+
+
+def readout_contexts(
+    spec: TopologySpec, seed: int, dtype: torch.dtype
+) -> tuple[BlockContext, BlockContext | None]:
+    """What the readout's block W_out (and its fixed random feedback, if any) are built from."""
+    readout = spec.readout
+    weight = BlockContext(
+        name=READOUT_WEIGHT.name,
+        source=readout.source,
+        target=READOUT,
+        rows=readout.size,
+        cols=spec.size_of(readout.source),
+        source_grid=spec.grid_of(readout.source),
+        target_grid=(readout.size,),
+        gain=1.0,
+        learned=True,
+        init="glorot_uniform",
+        block=readout.block,
+        seed=seed,
+        dtype=dtype,
+    )
+    if readout.feedback != "random":
+        return weight, None
+    fixed = replace(weight, name=READOUT_FEEDBACK, learned=False, block=BlockSpec())
+    return weight, fixed
+
+
 def parameter_bytes(spec: TopologySpec, dtype: torch.dtype) -> int:
-    """Bytes the compiled tensors take: every owned weight, bias and readout matrix in
+    """Bytes the compiled tensors take: every value a block stores
+    (:meth:`~topo_ep.blocks.base.BlockKind.stored_entries`), the biases and the readout in
     ``dtype``, plus the float64 draw of the largest one (initial values are drawn in float64)."""
-    counts = [spec.size_of(e.target) * spec.size_of(e.source) for e in spec.edges if not e.is_tied]
-    readout = spec.readout.size * spec.size_of(spec.readout.source)
-    counts += [readout] * (2 if spec.readout.feedback == "random" else 1)
+    contexts = [edge_context(spec, e, 0, dtype) for e in spec.edges if not e.is_tied]
+    contexts += [c for c in readout_contexts(spec, 0, dtype) if c is not None]
+    counts = [BLOCKS.get(c.block.kind).stored_entries(c) for c in contexts]
     counts += [layer.size for layer in spec.layers if layer.bias] + [spec.readout.size]
     itemsize = torch.empty((), dtype=dtype).element_size()
     return sum(counts) * itemsize + max(counts) * 8
@@ -202,74 +233,55 @@ class CompiledNetwork(nn.Module):
         require_representable(spec, dtype)
         require_memory(spec, dtype)
 
-        self.weights = nn.ParameterDict()
+        # Registration order fixes the order of parameters() (and of an optimizer's state):
+        # W_out, the readout bias, the edges' tensors in declaration order, the hidden biases.
+        weight_context, feedback_context = readout_contexts(spec, seed, dtype)
+        self.head = ReadoutHead(
+            BLOCKS.get(weight_context.block.kind).build(weight_context),
+            torch.zeros(spec.readout.size, dtype=dtype) if spec.readout.bias else None,
+            BLOCKS.get("dense").build(feedback_context) if feedback_context else None,
+        )
+        #: The blocks that own tensors, by tensor name (the edge key, ``.`` replaced).
+        self.edges = nn.ModuleDict()
         self.biases = nn.ParameterDict()
-        self._fixed_names: dict[str, str] = {}
         bindings: dict[str, EdgeBinding] = {}
-        for edge in spec.edges:
-            if edge.is_tied:
-                continue
-            rows, cols = spec.size_of(edge.target), spec.size_of(edge.source)
-            generator = tensor_generator(seed, edge.key)
-            value = _initial_weight(edge, rows, cols, generator).to(dtype)
-            name = _tensor_name(edge)
-            if edge.learned:
-                self.weights[name] = nn.Parameter(value)
-            else:
-                buffer = f"fixed_{len(self._fixed_names)}"
-                self.register_buffer(buffer, value)
-                self._fixed_names[name] = buffer
-            bindings[edge.key] = EdgeBinding(edge, name, edge.learned, -1)
         for edge in spec.edges:
             if edge.is_tied:
                 partner = spec.tied_partner(edge)
                 bindings[edge.key] = EdgeBinding(edge, None, partner.learned, -1, partner.key)
+                continue
+            name = _tensor_name(edge)
+            context = edge_context(spec, edge, seed, dtype)
+            self.edges[name] = BLOCKS.get(edge.block.kind).build(context)
+            bindings[edge.key] = EdgeBinding(edge, name, edge.learned, -1)
         for layer in spec.layers:
             if layer.bias:
                 self.biases[layer.name] = nn.Parameter(torch.zeros(layer.size, dtype=dtype))
-
-        n_out, n_top = spec.readout.size, spec.size_of(spec.readout.source)
-        readout = glorot_uniform(n_out, n_top, tensor_generator(seed, READOUT_WEIGHT.name))
-        self.readout_weight = nn.Parameter(readout.to(dtype))
-        self.readout_bias = (
-            nn.Parameter(torch.zeros(n_out, dtype=dtype)) if spec.readout.bias else None
-        )
-        if spec.readout.feedback == "random":
-            generator = tensor_generator(seed, READOUT_FEEDBACK)
-            self.register_buffer(
-                "readout_feedback", glorot_uniform(n_out, n_top, generator).to(dtype)
-            )
-        else:
-            self.readout_feedback = None
         # Declaration order of edges fixes the block order.
         self.bindings: dict[str, EdgeBinding] = {
             edge.key: bindings[edge.key] for edge in spec.edges
         }
-        self.to(device)
+        self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self._bind_blocks()
+        self.to(device)
 
-    # ------------------------------------------------------------------ compile rules
-    def _weight(self, tensor_name: str) -> Tensor:
-        if tensor_name in self.weights:
-            return self.weights[tensor_name]
-        return getattr(self, self._fixed_names[tensor_name])
-
-    def _build_block(self, binding: EdgeBinding, built: dict[str, Block]) -> Block:
-        """The compile rule of each edge kind: dense weight, or transpose of the partner."""
-        edge = binding.edge
-        if binding.tied_to is not None:
-            partner = built[binding.tied_to]
-            assert isinstance(partner, DenseBlock)
-            return TransposeBlock(edge.source, edge.target, partner, edge.gain)
-        return DenseBlock(edge.source, edge.target, self._weight(binding.tensor), edge.gain)
-
+    # ------------------------------------------------------------------ blocks
     def _bind_blocks(self) -> None:
-        """(Re)create blocks over the current tensors; called after every move or cast."""
-        built: dict[str, Block] = {}
-        pending = sorted(self.bindings.values(), key=lambda b: b.tied_to is not None)
-        for binding in pending:
-            built[binding.edge.key] = self._build_block(binding, built)
-        self.blocks: list[Block] = [built[key] for key in self.bindings]
+        """The blocks in declaration order: each owning edge's block, and for a tied feedback
+        edge the transpose its partner's block offers; and the per-layer block lists the
+        operator runs. Blocks are modules or views of modules, so moves and casts keep them."""
+        owners: dict[str, BlockKind] = {
+            key: self.edges[b.tensor] for key, b in self.bindings.items() if b.tensor is not None
+        }
+        self.blocks: list[Block] = []
+        for binding in self.bindings.values():
+            edge = binding.edge
+            if binding.tied_to is None:
+                self.blocks.append(owners[edge.key])
+            else:
+                self.blocks.append(
+                    owners[binding.tied_to].transpose(edge.source, edge.target, edge.gain)
+                )
         self.bindings = {
             key: EdgeBinding(b.edge, b.tensor, b.learned, i, b.tied_to)
             for i, (key, b) in enumerate(self.bindings.items())
@@ -288,11 +300,50 @@ class CompiledNetwork(nn.Module):
             if binding.edge.kind != "feedback":
                 self.feedforward_incoming[target].append(pair)
 
-    def _apply(self, fn: Callable, *args, **kwargs):  # type: ignore[override]
-        out = super()._apply(fn, *args, **kwargs)
-        if hasattr(self, "bindings"):
-            self._bind_blocks()
-        return out
+    def _upgrade_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Rename the tensors of a state dict written before blocks owned their tensors.
+
+        Format 1 (``weights.<edge>``, ``fixed_<i>``, ``readout_weight``, ``readout_bias``,
+        ``readout_feedback``) becomes ``edges.<edge>.weight``, ``head.block.weight``,
+        ``head.bias.value`` and ``head.feedback.weight``; the values are unchanged.
+        """
+        fixed = [b.tensor for b in self.bindings.values() if b.tensor and not b.learned]
+        renames = {"readout_weight": "head.block.weight", "readout_bias": "head.bias.value"}
+        renames["readout_feedback"] = "head.feedback.weight"
+        renames.update({f"fixed_{i}": f"edges.{name}.weight" for i, name in enumerate(fixed)})
+        for key in list(state_dict):
+            local = key[len(prefix) :] if key.startswith(prefix) else None
+            if local is None:
+                continue
+            new = renames.get(local)
+            if new is None and local.startswith("weights."):
+                new = f"edges.{local.removeprefix('weights.')}.weight"
+            if new is not None and prefix + new not in state_dict:
+                state_dict[prefix + new] = state_dict.pop(key)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, refusing first a tensor of the wrong kind: the weights
+        must be floating-point (torch would otherwise cast an integer tensor silently); a block's
+        integer structure (a sparse mask) may come as integers or as floats holding integers
+        exactly (a state dict cast with ``.double()``), and is stored back as integers.
+
+        Raises
+        ------
+        RuntimeError
+            Naming the tensor, what it should be and what it is.
+        """
+        own = self.state_dict()
+        for key, value in state_dict.items():
+            mine = own.get(key)
+            if not isinstance(value, Tensor) or mine is None:
+                continue
+            if mine.is_floating_point() and not value.is_floating_point():
+                raise RuntimeError(f"{key}: expected a floating-point tensor, got {value.dtype}")
+            if mine.is_floating_point() or not value.is_floating_point():
+                continue
+            if not bool(torch.equal(value, value.round())):
+                raise RuntimeError(f"{key}: expected integers ({mine.dtype}), got fractions")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -303,12 +354,37 @@ class CompiledNetwork(nn.Module):
     def device(self) -> torch.device:
         return self.readout_weight.device
 
+    @property
+    def readout_weight(self) -> Tensor:
+        """W_out, the readout block's tensor."""
+        return self.head.block.parameter
+
+    @property
+    def readout_bias(self) -> Tensor | None:
+        """The readout's bias, or ``None``."""
+        return self.head.bias.value if self.head.bias is not None else None
+
+    @property
+    def readout_feedback(self) -> Tensor | None:
+        """The fixed random B_f^T (readout size x top size), or ``None`` when tied."""
+        return self.head.feedback.parameter if self.head.feedback is not None else None
+
+    @property
+    def weights(self) -> dict[str, Tensor]:
+        """The learned tensor of every learned edge, by tensor name (declaration order)."""
+        return {b.tensor: self.edges[b.tensor].parameter for b in self.learned_bindings()}
+
+    def block_of(self, edge_key: str) -> Block:
+        """The block a declared edge became."""
+        return self.blocks[self.bindings[edge_key].block]
+
     def weight_of(self, edge_key: str) -> Tensor:
-        """The weight tensor a declared edge uses (the partner's, for tied feedback)."""
+        """The tensor a declared edge uses (the partner's, for tied feedback): W for a dense
+        block, the values at the mask for a sparse one."""
         binding = self.bindings[edge_key]
         if binding.tied_to is not None:
             return self.weight_of(binding.tied_to)
-        return self._weight(binding.tensor)
+        return self.edges[binding.tensor].parameter
 
     def schedule(self, name: str) -> Schedule:
         """The groups of layer indices of the schedule ``name`` (:data:`topo_ep.schedules.
@@ -346,7 +422,7 @@ class CompiledNetwork(nn.Module):
         """Every learned tensor by its :class:`~topo_ep.params.ParamKey`: edge weights in
         declaration order, hidden biases, the readout weight and its bias."""
         out: dict[ParamKey, Tensor] = {
-            ParamKey.edge(b.edge): self.weights[b.tensor] for b in self.learned_bindings()
+            ParamKey.edge(b.edge): self.edges[b.tensor].parameter for b in self.learned_bindings()
         }
         out.update({ParamKey.bias(name): bias for name, bias in self.biases.items()})
         out[READOUT_WEIGHT] = self.readout_weight
@@ -388,37 +464,67 @@ class CompiledNetwork(nn.Module):
             else:
                 acc = x.new_zeros(x.shape[0], size)
             for block in self.input_blocks[k]:
-                acc = block.accumulate(acc, x)
+                acc = block.accumulate(acc, x, joined=Joined(x, None))
             drives.append(acc)
         return drives
 
     def preactivation(self, k: int, state: list[Tensor], drive: Tensor) -> Tensor:
-        """h_k = drive_k + sum_{j->k} g A_jk s_j over hidden-to-hidden blocks."""
+        """h_k = drive_k + sum_{j->k} g A_jk s_j over hidden-to-hidden blocks.
+
+        Each block sees the current states of the two layers it joins (:class:`~topo_ep.
+        blocks.Joined`).
+        """
         acc = drive
         for source, block in self.incoming[k]:
-            acc = block.accumulate(acc, state[source])
+            acc = block.accumulate(acc, state[source], joined=Joined(state[source], state[k]))
+        return acc
+
+    def feedforward_preactivation(self, k: int, state: list[Tensor], drive: Tensor) -> Tensor:
+        """h_k = drive_k + sum over forward and skip blocks j->k of g A_jk s_j (no feedback):
+        the pre-activation of the feedforward pass, which has no state of layer k yet."""
+        acc = drive
+        for source, block in self.feedforward_incoming[k]:
+            acc = block.accumulate(acc, state[source], joined=Joined(state[source], None))
         return acc
 
     def readout_logits(self, top: Tensor) -> Tensor:
-        """W_out s_top (+ bias), the readout's logits."""
-        if self.readout_bias is None:
-            return top @ self.readout_weight.t()
-        return torch.addmm(self.readout_bias, top, self.readout_weight.t())
+        """W_out s_top (+ bias), the readout's logits (:meth:`~topo_ep.blocks.ReadoutHead.
+        logits`)."""
+        return self.head.logits(top, Joined(top, None))
 
     def readout(self, state: list[Tensor]) -> Tensor:
         """p = softmax(W_out s_top)."""
         return torch.softmax(self.readout_logits(state[self.top]), dim=-1)
 
     def nudge_matrix(self) -> Tensor:
-        """B_f^T as (readout size, top size): W_out (tied) or the fixed random matrix."""
-        return self.readout_weight if self.readout_feedback is None else self.readout_feedback
+        """B_f^T as (readout size, top size): W_out (tied) or the fixed random matrix, dense
+        (for analysis; the learners use :attr:`head`)."""
+        return self.head.nudge_block.dense().t()
+
+    def hidden_operator_bytes(self) -> int:
+        """Bytes of the dense N x N hidden operator in the network's dtype."""
+        n = self.layout.total
+        return n * n * torch.empty((), dtype=self.dtype).element_size()
 
     def hidden_operator(self) -> Tensor:
-        """The gain-scaled hidden-to-hidden matrix M (N x N, flat layout), assembled from blocks.
+        """The gain-scaled hidden-to-hidden matrix M (N x N, flat layout), assembled from the
+        blocks' ``dense()``.
 
         (M s)_k = sum_{j->k} g A_jk s_j. Row block k, column block j.
+
+        Raises
+        ------
+        TopoEpError
+            When M would not fit in half the available memory (use the matrix-free operator,
+            :func:`topo_ep.spectral.operator_matvec`, with ARPACK).
         """
         n = self.layout.total
+        needed, available = self.hidden_operator_bytes(), available_memory()
+        if available is not None and 2 * needed > available:
+            raise TopoEpError(
+                f"the dense hidden operator of {n} units needs {needed:,} bytes, more than half "
+                f"the {available:,} bytes available; use the matrix-free operator (ARPACK)"
+            )
         matrix = torch.zeros(n, n, dtype=self.dtype, device=self.device)
         for block in self.blocks:
             if block.source == INPUT:
@@ -436,7 +542,7 @@ class CompiledNetwork(nn.Module):
         ):
             act = self.activations[self.layout.index(name)].name
             lines.append(f"  {name:<12} [{offset}:{offset + size}]  size {size:<6} {act}")
-        lines.append("blocks:")
+        lines.append("blocks: [kind, density, backend]")
         for binding in self.bindings.values():
             block = self.blocks[binding.block]
             role = (
@@ -444,16 +550,22 @@ class CompiledNetwork(nn.Module):
                 if binding.tied_to
                 else ("learned" if binding.learned else "fixed")
             )
-            lines.append(f"  {binding.edge.key:<28} {block!r}  {role}")
+            lines.append(f"  {binding.edge.key:<28} {_block_line(block)}  {block!r}  {role}")
         readout = self.spec.readout
         lines.append(
             f"readout: softmax(W_out s_{readout.source}), {readout.size} classes, "
-            f"nudge feedback {readout.feedback}"
+            f"nudge feedback {readout.feedback}; {_block_line(self.head.block)}"
         )
         learned = sum(p.numel() for p in self.parameters())
-        fixed = sum(b.numel() for b in self.buffers())
+        fixed = sum(b.numel() for b in self.buffers() if b.is_floating_point())
         lines.append(f"parameters: {learned} learned, {fixed} fixed")
         return "\n".join(lines)
+
+
+def _block_line(block: Block) -> str:
+    """``[dense, 100%, dense]``: a block's kind, density and backend."""
+    info = block.summary()
+    return f"[{info['kind']}, {100 * info['density']:.3g}%, {info['backend']}]"
 
 
 def compile_topology(

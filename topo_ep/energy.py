@@ -223,7 +223,7 @@ def held_nudge_term(
     with torch.no_grad():
         probabilities = net.readout(list(free))
         target = torch.nn.functional.one_hot(y, net.spec.readout.size).to(probabilities.dtype)
-        return nudge * ((target - probabilities) @ net.nudge_matrix())
+        return nudge * net.head.feedback_of(target - probabilities)
 
 
 def energy_trace(

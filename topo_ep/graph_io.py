@@ -23,11 +23,12 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
 
     Nodes: ``"input"`` (``size``, ``mean``, ``std``, ``dataset``), each hidden layer
     (``size``, ``activation``, ``bias``) and ``"readout"`` (``size``, ``bias``, ``feedback``);
-    every node has a ``role`` of ``input``, ``hidden`` or ``readout``. Edges are keyed by kind
-    and carry ``gain``, ``feedback``, ``learned`` and ``init``; the readout edge has key
-    ``"readout"``. ``graph.graph`` holds ``name``, ``description``, ``origin`` and
-    ``edge_order`` (the ``(source, target, kind)`` of every edge in declaration order, which
-    :func:`from_graph` restores).
+    every node has a ``role`` of ``input``, ``hidden`` or ``readout``, and a ``shape`` (list)
+    where one is declared. Edges are keyed by kind and carry ``gain``, ``feedback``,
+    ``learned`` and ``init``, and ``block`` (the YAML mapping) where it is not the plain dense
+    block; the readout edge has key ``"readout"`` (its ``block`` likewise). ``graph.graph``
+    holds ``name``, ``description``, ``origin`` and ``edge_order`` (the ``(source, target,
+    kind)`` of every edge in declaration order, which :func:`from_graph` restores).
     """
     result = nx.MultiDiGraph(
         name=spec.name,
@@ -43,6 +44,8 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
         std=spec.input.std,
         dataset=spec.input.dataset,
     )
+    if spec.input.shape is not None:
+        result.nodes[INPUT]["shape"] = list(spec.input.shape)
     for layer in spec.layers:
         result.add_node(
             layer.name,
@@ -51,6 +54,8 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
             activation=layer.activation,
             bias=layer.bias,
         )
+        if layer.shape is not None:
+            result.nodes[layer.name]["shape"] = list(layer.shape)
     readout = spec.readout
     result.add_node(
         READOUT, role="readout", size=readout.size, bias=readout.bias, feedback=readout.feedback
@@ -64,8 +69,10 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
             feedback=edge.feedback,
             learned=edge.learned,
             init=edge.init,
+            **({} if edge.block.is_default else {"block": edge.block.to_dict()}),
         )
-    result.add_edge(readout.source, READOUT, key=READOUT_KIND)
+    block = {} if readout.block.is_default else {"block": readout.block.to_dict()}
+    result.add_edge(readout.source, READOUT, key=READOUT_KIND, **block)
     return result
 
 
@@ -113,11 +120,11 @@ def from_graph(
         data["description"] = text
     if INPUT in graph.nodes:
         attrs = graph.nodes[INPUT]
-        data["input"] = _node_dict(attrs, ("size", "mean", "std"))
+        data["input"] = _node_dict(attrs, ("size", "mean", "std", "shape"))
         if attrs.get("dataset") is not None:
             data["input"]["dataset"] = attrs["dataset"]
     data["layers"] = [
-        {"name": node, **_node_dict(attrs, ("size", "activation", "bias"))}
+        {"name": node, **_node_dict(attrs, ("size", "activation", "bias", "shape"))}
         for node, attrs in graph.nodes(data=True)
         if node not in (INPUT, READOUT)
     ]
@@ -127,6 +134,10 @@ def from_graph(
         sources = list(graph.predecessors(READOUT))
         if len(sources) == 1:
             readout = {"from": sources[0], **readout}
+            found = graph.get_edge_data(sources[0], READOUT)
+            attrs = next(iter(found.values()), {}) if graph.is_multigraph() else found
+            if attrs.get("block") is not None:
+                readout["block"] = attrs["block"]
         data["readout"] = readout
     multi = graph.is_multigraph()
     items = graph.edges(keys=True, data=True) if multi else graph.edges(data=True)
@@ -137,7 +148,7 @@ def from_graph(
         key = item[2] if multi else None
         kind = key if isinstance(key, str) and key in EDGE_KINDS else None
         edge = {"source": source, "target": target, "kind": kind or attrs.get("kind", "forward")}
-        for field in ("gain", "feedback", "learned", "init"):
+        for field in ("gain", "feedback", "learned", "init", "block"):
             if attrs.get(field) is not None:
                 edge[field] = attrs[field]
         edges.append(edge)

@@ -26,6 +26,34 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
+class BlockSpec:
+    """How an edge (or the readout) is stored: a block kind and its options.
+
+    ``kind`` is a name of the block registry (``dense``, ``sparse``, ...); ``options`` are the
+    kind's own validated settings as ``(name, value)`` pairs in the kind's order (for
+    ``sparse``: pattern, density or radius, seed, backend), defaults filled in. The schema of
+    each kind's options is :data:`topo_ep.block_schema.BLOCK_KINDS`; what the compiler builds
+    from it is the block class registered under the same name.
+    """
+
+    kind: str = "dense"
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """The value of option ``name`` (``default`` when the kind has no such option)."""
+        return dict(self.options).get(name, default)
+
+    @property
+    def is_default(self) -> bool:
+        """Whether this is the plain dense block (not written out by :meth:`to_dict`)."""
+        return self.kind == "dense" and not self.options
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{kind: ..., **options}``, the YAML form."""
+        return {"kind": self.kind, **dict(self.options)}
+
+
+@dataclass(frozen=True)
 class InputSpec:
     """The clamped input vector x of ``size`` features.
 
@@ -40,6 +68,7 @@ class InputSpec:
     mean: float = 0.0
     std: float = 1.0
     dataset: str | None = None
+    shape: tuple[int, ...] | None = None
 
     @property
     def standardised(self) -> bool:
@@ -51,13 +80,21 @@ class InputSpec:
 class LayerSpec:
     """A hidden layer s_k = rho(h_k) of ``size`` units.
 
-    ``bias`` adds a learned bias to h_k (off by default, as in the paper).
+    ``bias`` adds a learned bias to h_k (off by default, as in the paper). ``shape`` arranges
+    the units on a grid (``(32, 32)`` for 1024 units, row-major; ``None``: a line of ``size``)
+    for blocks that need a geometry, such as sparse ``local`` wiring.
     """
 
     name: str
     size: int
     activation: str = "tanh"
     bias: bool = False
+    shape: tuple[int, ...] | None = None
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The arrangement of the units: ``shape``, or ``(size,)`` when none is declared."""
+        return self.shape if self.shape is not None else (self.size,)
 
 
 @dataclass(frozen=True)
@@ -65,13 +102,15 @@ class ReadoutSpec:
     """Softmax readout p = softmax(W_out s_source), outside the recurrent dynamics.
 
     ``feedback`` selects the matrix B_f that carries the output error into ``source`` during the
-    nudged phase: ``tied`` (B_f = W_out^T) or a fixed ``random`` matrix.
+    nudged phase: ``tied`` (B_f = W_out^T) or a fixed ``random`` matrix. ``block`` says how
+    W_out is stored (a block kind, like an edge's).
     """
 
     source: str
     size: int
     feedback: str = "tied"
     bias: bool = False
+    block: BlockSpec = BlockSpec()
 
 
 @dataclass(frozen=True)
@@ -82,6 +121,7 @@ class EdgeSpec:
     (target size, source size). A ``tied`` feedback edge B->A has no weights of its own: it
     applies ``gain * W_AB^T`` where W_AB belongs to the forward or skip edge A->B. A ``random``
     feedback edge has a fixed random matrix. ``learned`` says whether the optimizer updates W.
+    ``block`` says how W is stored (dense by default; a tied feedback edge uses its partner's).
     """
 
     source: str
@@ -91,6 +131,7 @@ class EdgeSpec:
     feedback: str | None = None
     learned: bool = True
     init: str = "glorot_uniform"
+    block: BlockSpec = BlockSpec()
 
     @property
     def key(self) -> str:
@@ -171,6 +212,13 @@ class TopologySpec:
         """Number of units of a hidden layer or of ``"input"``."""
         return self.input.size if name == INPUT else self.layer(name).size
 
+    def grid_of(self, name: str) -> tuple[int, ...]:
+        """The declared arrangement (``shape``) of a hidden layer or of ``"input"``, else
+        ``(size,)``."""
+        if name == INPUT:
+            return self.input.shape if self.input.shape is not None else (self.input.size,)
+        return self.layer(name).grid
+
     def edge(self, source: str, target: str, kind: str) -> EdgeSpec:
         for edge in self.edges:
             if (edge.source, edge.target, edge.kind) == (source, target, kind):
@@ -195,15 +243,26 @@ class TopologySpec:
             out["input"].update(mean=self.input.mean, std=self.input.std)
         if self.input.dataset is not None:
             out["input"]["dataset"] = self.input.dataset
-        out["layers"] = [asdict(layer) for layer in self.layers]
+        if self.input.shape is not None:
+            out["input"]["shape"] = list(self.input.shape)
+        out["layers"] = []
+        for layer in self.layers:
+            item = asdict(layer)
+            if layer.shape is None:
+                del item["shape"]
+            else:
+                item["shape"] = list(layer.shape)
+            out["layers"].append(item)
         readout = asdict(self.readout)
         readout["from"] = readout.pop("source")
+        _block_to_dict(readout, self.readout.block)
         out["readout"] = readout
         edges = []
         for edge in self.edges:
             item = asdict(edge)
             if item["feedback"] is None:
                 del item["feedback"]
+            _block_to_dict(item, edge.block)
             edges.append(item)
         out["edges"] = edges
         out["dynamics"] = asdict(self.dynamics)
@@ -211,3 +270,11 @@ class TopologySpec:
         if self.origin is not None:
             out["origin"] = dict(self.origin)
         return out
+
+
+def _block_to_dict(item: dict[str, Any], block: BlockSpec) -> None:
+    """Write ``block`` in its YAML form into ``item``, or drop it when it is the default."""
+    if block.is_default:
+        del item["block"]
+    else:
+        item["block"] = block.to_dict()

@@ -12,10 +12,12 @@ path (:func:`topo_ep.overrides.apply_overrides`).
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from topo_ep import graph
+from topo_ep.block_schema import Placement, parse_block
 from topo_ep.data import DATASETS
 from topo_ep.errors import Location
 from topo_ep.fields import MAX_EDGES, MAX_LAYERS, FieldChecker, show_value, suggest
@@ -31,6 +33,7 @@ from topo_ep.spec import (
     NUDGINGS,
     OPTIMIZERS,
     RULES,
+    BlockSpec,
     DynamicsSpec,
     EdgeSpec,
     InputSpec,
@@ -59,10 +62,12 @@ TOP_KEYS = (
     "generate",
     "origin",
 )
-INPUT_KEYS = ("size", "mean", "std", "dataset")
-LAYER_KEYS = ("name", "size", "activation", "bias")
-READOUT_KEYS = ("from", "size", "feedback", "bias")
-EDGE_KEYS = ("source", "target", "kind", "gain", "feedback", "learned", "init")
+INPUT_KEYS = ("size", "mean", "std", "shape", "dataset")
+LAYER_KEYS = ("name", "size", "activation", "bias", "shape")
+READOUT_KEYS = ("from", "size", "feedback", "bias", "block")
+EDGE_KEYS = ("source", "target", "kind", "gain", "feedback", "learned", "init", "block")
+#: Most dimensions a layer ``shape`` may have (channels x height x width).
+MAX_SHAPE_DIMS = 3
 DYNAMICS_KEYS = ("schedule", "free_steps", "nudged_steps", "tolerance", "check_every")
 TRAINING_KEYS = (
     "nudge",
@@ -85,6 +90,30 @@ def _enum(check: FieldChecker, options: Sequence[str]) -> Callable[[Any, tuple],
 
 def _steps(check: FieldChecker) -> Callable[[Any, tuple], int]:
     return lambda value, path: check.integer(value, path, 1, MAX_STEPS)
+
+
+def _shape(check: FieldChecker, data: Mapping[str, Any], path: tuple) -> tuple[int, ...] | None:
+    """A layer's ``shape``: 1 to :data:`MAX_SHAPE_DIMS` positive sizes whose product is its
+    ``size`` (checked when both are present), or ``None``."""
+    if "shape" not in data:
+        return None
+    here = path + ("shape",)
+    items = check.sequence(data["shape"], here, "sizes")
+    if not 1 <= len(items) <= MAX_SHAPE_DIMS:
+        raise check.error(
+            "invalid-value",
+            f"a shape has 1 to {MAX_SHAPE_DIMS} dimensions; got {len(items)}",
+            here,
+        )
+    shape = tuple(check.size(item, here + (i,)) for i, item in enumerate(items))
+    size = data.get("size")
+    if isinstance(size, int) and math.prod(shape) != size:
+        raise check.error(
+            "size-mismatch",
+            f"shape {list(shape)} holds {math.prod(shape)} units but size is {size}",
+            here,
+        )
+    return shape
 
 
 def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
@@ -120,12 +149,15 @@ def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
                     data, here, "activation", lambda v, p: check.choice(v, p, ACTIVATIONS), "tanh"
                 ),
                 bias=check.get(data, here, "bias", check.boolean, False),
+                shape=_shape(check, data, here),
             )
         )
     return tuple(layers)
 
 
-def _readout(check: FieldChecker, value: Any, layers: Sequence[str]) -> ReadoutSpec:
+def _readout(
+    check: FieldChecker, value: Any, layers: Sequence[str], grids: Mapping[str, tuple[int, ...]]
+) -> ReadoutSpec:
     path: tuple = ("readout",)
     data = check.mapping(value, path, READOUT_KEYS, ("from", "size"), "readout")
     source = check.get(data, path, "from", check.string)
@@ -136,13 +168,18 @@ def _readout(check: FieldChecker, value: Any, layers: Sequence[str]) -> ReadoutS
             f"the readout must read a hidden layer, not {what}{suggest(source, layers)}",
             path + ("from",),
         )
+    size = check.get(data, path, "size", lambda v, p: check.size(v, p, low=2))
+    where = Placement(source, READOUT, grids[source], (size,))
     return ReadoutSpec(
         source=source,
-        size=check.get(data, path, "size", lambda v, p: check.size(v, p, low=2)),
+        size=size,
         feedback=check.get(
             data, path, "feedback", lambda v, p: check.choice(v, p, FEEDBACK_MODES), "tied"
         ),
         bias=check.get(data, path, "bias", check.boolean, False),
+        block=check.get(
+            data, path, "block", lambda v, p: parse_block(check, v, p, where), BlockSpec()
+        ),
     )
 
 
@@ -159,7 +196,13 @@ def _endpoint(check: FieldChecker, value: Any, path: tuple, layers: Sequence[str
     return name
 
 
-def _edge(check: FieldChecker, item: Any, index: int, sizes: Mapping[str, int]) -> EdgeSpec:
+def _edge(
+    check: FieldChecker,
+    item: Any,
+    index: int,
+    sizes: Mapping[str, int],
+    grids: Mapping[str, tuple[int, ...]],
+) -> EdgeSpec:
     here: tuple = ("edges", index)
     layers = [name for name in sizes if name != INPUT]
     data = check.mapping(item, here, EDGE_KEYS, ("source", "target"), "edge")
@@ -223,6 +266,18 @@ def _edge(check: FieldChecker, item: Any, index: int, sizes: Mapping[str, int]) 
             f"{target} has {sizes[target]}",
             here + ("init",),
         )
+    if feedback == "tied" and "block" in data:
+        raise check.error(
+            "tied-partner",
+            f"a tied feedback edge has no weights of its own: it is the transpose of the block "
+            f"of {target}->{source}; declare 'block' on that edge",
+            here + ("block",),
+            True,
+        )
+    where = Placement(source, target, grids[source], grids[target], init)
+    block = check.get(
+        data, here, "block", lambda v, p: parse_block(check, v, p, where), BlockSpec()
+    )
     return EdgeSpec(
         source=source,
         target=target,
@@ -231,15 +286,21 @@ def _edge(check: FieldChecker, item: Any, index: int, sizes: Mapping[str, int]) 
         feedback=feedback,
         learned=learned,
         init=init,
+        block=block,
     )
 
 
-def _edges(check: FieldChecker, value: Any, sizes: Mapping[str, int]) -> tuple[EdgeSpec, ...]:
+def _edges(
+    check: FieldChecker,
+    value: Any,
+    sizes: Mapping[str, int],
+    grids: Mapping[str, tuple[int, ...]],
+) -> tuple[EdgeSpec, ...]:
     items = check.sequence(value, ("edges",), "edges", MAX_EDGES)
     edges: list[EdgeSpec] = []
     seen: dict[tuple[str, str, str], int] = {}
     for index, item in enumerate(items):
-        edge = _edge(check, item, index, sizes)
+        edge = _edge(check, item, index, sizes, grids)
         triple = (edge.source, edge.target, edge.kind)
         if triple in seen:
             raise check.error(
@@ -396,12 +457,15 @@ def spec_from_dict(
             input_data, ("input",), "std", lambda v, p: check.number(v, p, positive=True), 1.0
         ),
         dataset=check.get(input_data, ("input",), "dataset", _enum(check, DATASETS), None),
+        shape=_shape(check, input_data, ("input",)),
     )
     layers = _layers(check, top["layers"])
     names = [layer.name for layer in layers]
-    readout = _readout(check, top["readout"], names)
+    grids = {INPUT: input_spec.shape or (input_spec.size,)}
+    grids.update({layer.name: layer.grid for layer in layers})
+    readout = _readout(check, top["readout"], names, grids)
     sizes = {INPUT: input_spec.size, **{layer.name: layer.size for layer in layers}}
-    edges = _edges(check, top["edges"], sizes)
+    edges = _edges(check, top["edges"], sizes, grids)
     dynamics = _dynamics(check, top.get("dynamics", {})) if "dynamics" in top else DynamicsSpec()
     training = _training(check, top["training"]) if "training" in top else TrainingSpec()
     spec = TopologySpec(

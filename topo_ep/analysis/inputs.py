@@ -50,7 +50,12 @@ def load_network(
     name = dtype or settings.get("dtype", "float32")
     net = compile_topology(stored, seed=0, dtype=DTYPES[name])
     try:
-        net.load_state_dict({k: v.to(DTYPES[name]) for k, v in payload["model"].items()})
+        # A block's int64 structure (a sparse mask) keeps its dtype.
+        model = {
+            k: v.to(DTYPES[name]) if v.is_floating_point() else v
+            for k, v in payload["model"].items()
+        }
+        net.load_state_dict(model)
     except RuntimeError as exc:
         raise CheckpointError(
             f"{checkpoint}: weights do not fit the stored topology ({exc})"

@@ -29,10 +29,7 @@ def feedforward_state(net: CompiledNetwork, x: Tensor) -> list[Tensor]:
     drives = net.input_drive(x)
     state: list[Tensor] = list(drives)
     for k in net.order:
-        acc = drives[k]
-        for source, block in net.feedforward_incoming[k]:
-            acc = block.accumulate(acc, state[source])
-        state[k] = net.activations[k].fn(acc)
+        state[k] = net.activations[k].fn(net.feedforward_preactivation(k, state, drives[k]))
     return state
 
 

@@ -10,17 +10,20 @@ error is held at its free-phase value (the paper's layered code); ``error: rerea
 it from the current state every step. Symmetric nudging runs two nudged phases at +nudge and
 -nudge.
 
-Updates for a learned edge src -> dst with gain g (W has shape (n_dst, n_src)), summed over the
-batch; ``a`` and ``b`` are the nudged and free states (one-sided, factor 1) or the +nudge and
--nudge states (symmetric, factor 1/2):
+Updates for a learned edge src -> dst with gain g, summed over the batch; ``a`` and ``b`` are
+the nudged and free states (one-sided, factor 1) or the +nudge and -nudge states (symmetric,
+factor 1/2). With ``outer`` the edge's block's bilinear primitive (for a dense W,
+outer(post, pre) = post^T pre; for a sparse block the same at its mask, as its stored values;
+:class:`~topo_ep.blocks.base.Block`), shaped like the block's own parameter:
 
-- ``paper``:    dW = g * factor * (a_dst - b_dst)^T s_src^0
-- ``contrast``: dW = g * factor * (a_dst^T a_src - b_dst^T b_src)
+- ``paper``:    dW = g * factor * outer(a_dst - b_dst, s_src^0)
+- ``contrast``: dW = g * factor * (outer(a_dst, a_src) - outer(b_dst, b_src))
 
 and the gradient written for the optimizer is ``W.grad = -dW / (nudge * batch)``. Biases get
 db = factor * sum(a_k - b_k). The presynaptic state of an input edge is the prepared batch
 (:meth:`~topo_ep.compiler.CompiledNetwork.prepare_input`). The readout gets its exact
-cross-entropy gradient ``W_out.grad = (p - y)^T s_top^0 / batch``.
+cross-entropy gradient ``W_out.grad = outer(p - y, s_top^0) / batch`` (the readout is a block
+too). This module computes no matrix product of its own.
 
 Gain compensation. On a balanced topology with tied feedback (an energy exists, see
 :func:`topo_ep.balance.gain_factors` and :func:`topo_ep.balance.analyse_balance`) the EP
@@ -42,6 +45,7 @@ import torch
 from torch import Tensor
 
 from topo_ep.balance import require_gain_factors
+from topo_ep.blocks import Joined
 from topo_ep.compiler import CompiledNetwork
 from topo_ep.engine import PhaseStats, StateDrive, free_phase, relax
 from topo_ep.learn.base import BatchResult, Gradients, cross_entropy_and_correct, write_gradients
@@ -135,20 +139,19 @@ class EquilibriumPropagation:
         probabilities: Tensor,
         nudge: float,
     ) -> tuple[list[Tensor], PhaseStats]:
-        """Relax from the free state with nudge * (y - p) B_f added to the top layer."""
-        matrix = net.nudge_matrix()
+        """Relax from the free state with nudge * (y - p) B_f added to the top layer
+        (B_f: the readout's feedback block, :attr:`~topo_ep.compiler.CompiledNetwork.head`)."""
+        head = net.head
         top = net.top
         state_drive: StateDrive | None = None
         nudged_drives = list(drives)
         if self.error == "held":
-            nudged_drives[top] = torch.addmm(
-                drives[top], target - probabilities, matrix, alpha=nudge
-            )
+            nudged_drives[top] = head.nudge(drives[top], target - probabilities, nudge)
         else:
 
             def state_drive(state: list[Tensor]) -> dict[int, Tensor]:
                 error = target - net.readout(state)
-                return {top: nudge * (error @ matrix)}
+                return {top: nudge * head.feedback_of(error)}
 
         return relax(
             net,
@@ -203,6 +206,7 @@ class EquilibriumPropagation:
         with torch.no_grad():
             for binding in net.learned_bindings():
                 edge = binding.edge
+                block = net.blocks[binding.block]
                 dst = layout.index(edge.target)
                 scale = factor * edge.gain
                 if edge.source == INPUT:
@@ -211,9 +215,14 @@ class EquilibriumPropagation:
                     src = layout.index(edge.source)
                     pre_plus, pre_minus, pre_free = plus[src], minus[src], free[src]
                 if self.rule == "paper":
-                    delta = (plus[dst] - minus[dst]).t() @ pre_free
+                    delta = block.outer(
+                        plus[dst] - minus[dst], pre_free, Joined(pre_free, free[dst])
+                    )
                 else:
-                    delta = plus[dst].t() @ pre_plus - minus[dst].t() @ pre_minus
+                    delta = block.outer(plus[dst], pre_plus, Joined(pre_plus, plus[dst]))
+                    delta = delta - block.outer(
+                        minus[dst], pre_minus, Joined(pre_minus, minus[dst])
+                    )
                 if factors is not None:
                     scale /= factors[edge.target]
                 out[ParamKey.edge(edge)] = delta * scale
@@ -234,7 +243,8 @@ class EquilibriumPropagation:
             probabilities = torch.softmax(phases.logits, dim=-1)
             target = torch.nn.functional.one_hot(y, net.spec.readout.size).to(probabilities.dtype)
             error = (probabilities - target) / batch
-            grads[READOUT_WEIGHT] = error.t() @ phases.free[net.top]
+            top = phases.free[net.top]
+            grads[READOUT_WEIGHT] = net.head.block.outer(error, top, Joined(top, None))
             if net.readout_bias is not None:
                 grads[READOUT_BIAS] = error.sum(dim=0)
         loss, correct = cross_entropy_and_correct(phases.logits, y)

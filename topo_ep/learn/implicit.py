@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from topo_ep.blocks import Block
+from topo_ep.blocks import Block, Joined
 from topo_ep.compiler import CompiledNetwork, Schedule
 from topo_ep.engine import PhaseStats, free_phase, solve
 from topo_ep.errors import DivergenceError
@@ -102,10 +102,12 @@ def adjoint_step(
     derivatives: Sequence[Tensor],
     source: Sequence[Tensor],
     groups: Schedule,
+    states: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     """One pass of lambda_j <- dL/ds_j + sum_{blocks j->k} g A_jk^T (rho'(h_k) * lambda_k).
 
     The groups are updated in turn, each from the newest values (Jacobi inside a group).
+    ``states`` (the fixed point s*) are what each block sees of the layers it joins.
     Returns a new list.
     """
     new = list(adjoint)
@@ -114,7 +116,8 @@ def adjoint_step(
         for j in group:
             acc = source[j]
             for k, block in outgoing[j]:
-                acc = acc + block.adjoint(derivatives[k] * new[k])
+                joined = Joined(states[j], states[k]) if states is not None else None
+                acc = acc + block.adjoint(derivatives[k] * new[k], joined)
             values.append(acc)
         for j, value in zip(group, values, strict=True):
             new[j] = value
@@ -142,6 +145,7 @@ def solve_adjoint(
     max_steps: int,
     tolerance: float = 0.0,
     check_every: int = 5,
+    states: Sequence[Tensor] | None = None,
 ) -> tuple[list[Tensor], PhaseStats]:
     """Solve lambda = M^T (D lambda) + dL/ds by iteration from lambda = dL/ds.
 
@@ -159,6 +163,8 @@ def solve_adjoint(
         As in :func:`topo_ep.engine.relax`: stop when the relative change
         ||lambda_t - lambda_{t-1}|| / ||lambda_t||, read every ``check_every`` steps, falls
         below max(tolerance, 16 eps); tolerance 0 runs exactly ``max_steps``.
+    states
+        The fixed point s*, seen by the blocks (:class:`~topo_ep.blocks.Joined`).
 
     Raises
     ------
@@ -169,7 +175,7 @@ def solve_adjoint(
     outgoing = outgoing_blocks(net)
     with torch.no_grad():  # a linear solve; never differentiated
         return solve(
-            lambda adjoint: adjoint_step(outgoing, adjoint, derivatives, source, groups),
+            lambda adjoint: adjoint_step(outgoing, adjoint, derivatives, source, groups, states),
             [s.clone() for s in source],
             max_steps,
             tolerance,
@@ -232,6 +238,7 @@ def implicit_gradients(
             free_steps if adjoint_steps is None else adjoint_steps,
             tolerance if adjoint_tolerance is None else adjoint_tolerance,
             check_every,
+            free,
         )
     except DivergenceError as exc:
         state = (

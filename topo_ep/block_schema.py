@@ -1,0 +1,154 @@
+"""The YAML schema of block kinds: ``block: {kind: NAME, ...options}`` on an edge or the readout.
+
+Each kind registers here, under its YAML name, the function that checks its options and fills
+in their defaults; the block class that the compiler builds for the same name is registered in
+:data:`topo_ep.blocks.BLOCKS` (this module stays free of torch, so ``topo-ep validate`` does not
+load it). :func:`parse_block` is what the topology schema (:mod:`topo_ep.validate`) calls: the
+``kind`` is checked against :data:`BLOCK_KINDS` (located error, nearest valid name), then the
+kind's own function checks the rest.
+
+Adding a kind: a function ``(check, data, path, where) -> options`` decorated with
+``@BLOCK_KINDS.register("name")`` here, and the block class registered under the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from topo_ep.fields import FieldChecker
+from topo_ep.registry import Registry
+from topo_ep.spec import BlockSpec
+
+#: Options of a kind, in the kind's order, defaults filled in.
+Options = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a block sits, as far as its options need to know.
+
+    Attributes
+    ----------
+    source, target
+        The layers it joins (``input`` as a source; ``readout`` as the readout's target).
+    source_grid, target_grid
+        Their arrangements: the declared ``shape``, else ``(size,)``.
+    init
+        The edge's ``init`` (``glorot_uniform`` for the readout).
+    """
+
+    source: str
+    target: str
+    source_grid: tuple[int, ...]
+    target_grid: tuple[int, ...]
+    init: str = "glorot_uniform"
+
+
+#: A kind's option checker: (checker, the block mapping, its path, placement) -> options.
+KindOptions = Callable[[FieldChecker, Mapping[str, Any], tuple, Placement], Options]
+
+#: YAML block kind -> the checker of its options.
+BLOCK_KINDS: Registry[KindOptions] = Registry("block kind")
+
+#: Storage backends of the sparse kind; ``auto`` picks one by :mod:`topo_ep.blocks.dispatch`.
+SPARSE_BACKENDS = ("auto", "dense", "torch.sparse", "torch-sparse")
+#: Connection patterns of the sparse kind.
+SPARSE_PATTERNS = ("random", "local")
+#: Largest mask seed.
+SEED_LIMIT = 2**63
+
+
+def parse_block(check: FieldChecker, value: Any, path: tuple, where: Placement) -> BlockSpec:
+    """Check a ``block:`` mapping and build its :class:`~topo_ep.spec.BlockSpec`.
+
+    ``kind`` defaults to ``dense``; an unknown kind names the registered ones and the nearest.
+    """
+    if not isinstance(value, Mapping):
+        check.mapping(value, path, ("kind",), (), "block mapping")
+    kind = check.get(
+        value, path, "kind", lambda v, p: check.choice(v, p, BLOCK_KINDS.names()), "dense"
+    )
+    return BlockSpec(kind, BLOCK_KINDS.get(kind)(check, value, path, where))
+
+
+@BLOCK_KINDS.register("dense")
+def dense_options(
+    check: FieldChecker, data: Mapping[str, Any], path: tuple, where: Placement
+) -> Options:
+    """A dense matrix W (target size x source size): no options."""
+    check.mapping(data, path, ("kind",), (), "block mapping")
+    return ()
+
+
+@BLOCK_KINDS.register("sparse")
+def sparse_options(
+    check: FieldChecker, data: Mapping[str, Any], path: tuple, where: Placement
+) -> Options:
+    """A matrix with a fixed mask of present entries; only those are stored and learned.
+
+    - ``pattern: random`` (default): each target unit draws round(density x source size)
+      source units without replacement; ``density`` in (0, 1] is required, ``seed`` (default 0)
+      seeds the mask, independently of the run's seed.
+    - ``pattern: local``: each target unit connects to the source units within Euclidean
+      distance ``radius`` (required, > 0) of its position mapped onto the source's grid; both
+      layers need arrangements of the same dimension, 1-D or 2-D (layer ``shape``).
+    - ``backend``: ``auto`` (default), ``dense``, ``torch.sparse`` or ``torch-sparse``.
+    """
+    keys = ("kind", "pattern", "density", "seed", "radius", "backend")
+    check.mapping(data, path, keys, (), "sparse block mapping")
+    pattern = check.get(
+        data, path, "pattern", lambda v, p: check.choice(v, p, SPARSE_PATTERNS), "random"
+    )
+    backend = check.get(
+        data, path, "backend", lambda v, p: check.choice(v, p, SPARSE_BACKENDS), "auto"
+    )
+    if where.init == "identity":
+        raise check.error(
+            "invalid-value",
+            "init: identity needs a dense block; a sparse block starts from glorot_uniform "
+            "or zeros on its mask",
+            path + ("kind",),
+        )
+    if pattern == "random":
+        for key in ("radius",):
+            if key in data:
+                raise check.error(
+                    "unknown-key",
+                    f"'{key}' applies to pattern: local; pattern random takes a density",
+                    path + (key,),
+                    True,
+                )
+        density = check.get(data, path, "density", lambda v, p: _density(check, v, p))
+        seed = check.get(data, path, "seed", lambda v, p: check.integer(v, p, 0, SEED_LIMIT - 1), 0)
+        return (("pattern", pattern), ("density", density), ("seed", seed), ("backend", backend))
+    for key in ("density", "seed"):
+        if key in data:
+            raise check.error(
+                "unknown-key",
+                f"'{key}' applies to pattern: random; a local pattern is set by its radius "
+                "(its density follows from it)",
+                path + (key,),
+                True,
+            )
+    radius = check.get(data, path, "radius", lambda v, p: check.number(v, p, positive=True))
+    dims = {len(where.source_grid), len(where.target_grid)}
+    if len(dims) != 1 or not dims <= {1, 2}:
+        raise check.error(
+            "size-mismatch",
+            "pattern: local needs the two layers arranged in the same dimension, 1-D or 2-D; "
+            f"{where.source} has shape {list(where.source_grid)} and {where.target} has shape "
+            f"{list(where.target_grid)} (declare 'shape:' on the layers)",
+            path + ("pattern",),
+        )
+    return (("pattern", pattern), ("radius", radius), ("backend", backend))
+
+
+def _density(check: FieldChecker, value: Any, path: tuple) -> float:
+    density = check.number(value, path, positive=True)
+    if density > 1.0:
+        raise check.error(
+            "absurd-number", f"{density:g} is not a density; expected a value in (0, 1]", path
+        )
+    return density

@@ -1,0 +1,31 @@
+"""Blocks: every edge of the layer graph, and the readout, as a linear map between two layers.
+
+A block kind is one class registered in :data:`BLOCKS` under its YAML name (``block: {kind:
+NAME}``), with its options' schema in :data:`topo_ep.block_schema.BLOCK_KINDS`. It owns its
+tensors, their initialisation, its products, the tied transpose it offers to a feedback edge and
+``outer``, the bilinear primitive of every EP rule; see :class:`~topo_ep.blocks.base.Block` for
+the whole contract. The compiler, the engine and the learners only call that protocol.
+
+Importing this package registers the shipped kinds: ``dense`` (:mod:`topo_ep.blocks.dense`) and
+``sparse`` (:mod:`topo_ep.blocks.sparse`).
+"""
+
+from topo_ep.blocks.base import BLOCKS, Block, BlockContext, BlockKind, Joined, build_block
+from topo_ep.blocks.dense import DenseBlock, TransposeBlock
+from topo_ep.blocks.readout import READOUT, ReadoutHead
+from topo_ep.blocks.sparse import SparseBlock, SparseTransposeBlock
+
+__all__ = [
+    "BLOCKS",
+    "READOUT",
+    "Block",
+    "BlockContext",
+    "BlockKind",
+    "DenseBlock",
+    "Joined",
+    "ReadoutHead",
+    "SparseBlock",
+    "SparseTransposeBlock",
+    "TransposeBlock",
+    "build_block",
+]

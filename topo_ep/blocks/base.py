@@ -1,0 +1,189 @@
+"""The Block protocol, what a block kind is built from, and the registry of kinds.
+
+A block is one edge of the layer graph (or the readout) as a linear map A from the state of
+its ``source`` into the pre-activation of its ``target``, scaled by the edge's gain g. States
+are row vectors: a batch of a layer's states is a (batch, size) tensor, so ``g A x`` is
+computed as ``g x @ A^T`` by dense blocks. A block kind is one class registered in
+:data:`BLOCKS` under its YAML name (``block: {kind: NAME}``); the compiler, the engine and the
+learners only call the protocol below, so a new kind touches none of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from topo_ep.registry import Registry
+from topo_ep.spec import BlockSpec
+
+
+class Joined(NamedTuple):
+    """The current states of the two layers a block joins, (batch, size) each.
+
+    ``source`` is the state of the block's source layer (the prepared input for an input
+    edge), ``target`` that of its target layer; either is ``None`` where no state exists (the
+    target of an input drive or of a feedforward pass before it is computed; the operator's
+    spectrum, which has no state).
+    """
+
+    source: Tensor | None = None
+    target: Tensor | None = None
+
+
+@runtime_checkable
+class Block(Protocol):
+    """A linear map ``g A`` from the state of ``source`` into the pre-activation of ``target``.
+
+    Contract of every block kind
+    ----------------------------
+    Products (``x``: the source state (batch, n_source); ``y``: a target-side vector
+    (batch, n_target)):
+
+    - ``accumulate(acc, x, scale=1.0, joined=None)`` returns ``acc + scale * g * A x``, fused
+      where the storage allows (one ``addmm`` for a dense block). With ``scale == 1`` the
+      factor must be exactly ``g``.
+    - ``apply(x, joined=None)`` returns ``g * A x``.
+    - ``adjoint(y, joined=None)`` returns ``g * A^T y``, (batch, n_source).
+    - ``dense()`` returns ``g * A`` as a (n_target, n_source) matrix, for analysis only.
+    - ``outer(post, pre, joined=None)`` is the bilinear primitive of every EP rule: the
+      derivative of ``sum_b post_b . A(theta) pre_b`` with respect to the block's own
+      parameter theta, without the gain, shaped like :attr:`parameter`. For a dense W it is
+      ``post^T pre`` (n_target, n_source); for a sparse block the same at the mask, as the
+      stored values; for a convolution the kernel gradient. The ``paper`` rule calls it once
+      with the contrast as ``post``; the ``contrast`` rule twice and subtracts.
+
+    A block that owns storage (the kind's class, :class:`BlockKind`) also offers
+    ``transpose(source, target, gain)``: the tied feedback block ``gain * A^T`` from its
+    target back to its source. That block shares the owner's parameter (never a copy), so it
+    follows learning; its ``parameter`` is ``None`` and its ``outer`` is the derivative with
+    respect to the owner's parameter (shaped like it).
+
+    What a block may see. Its products see their operand and, through ``joined``
+    (:class:`Joined`), the current states of the two layers it joins, nothing else: a max-pooled
+    convolution's feedback unpools at the argmax of its target's forward pooling. ``joined``
+    may be ``None`` (the spectrum of the operator); a block that needs it raises a
+    :class:`~topo_ep.errors.TopoEpError` saying so. The dense and sparse kinds never read it.
+
+    Parameters and gradients. A block that owns storage is a ``torch.nn.Module``: its learned
+    tensor is an ``nn.Parameter`` (a buffer when the edge is fixed), created and initialised by
+    the kind's :meth:`build` from the compiler's per-tensor generator
+    (:func:`topo_ep.initial.tensor_generator` keyed by (seed, edge key)), so seeding does not
+    depend on the declaration order; any fixed structure it needs (a sparse mask) is a
+    persistent buffer, stored in the checkpoint. Every product must be differentiable by
+    autograd with respect to the parameter and the operands (BP, BPTT and implicit
+    differentiation run through the products), with ``outer`` equal to that derivative. The
+    learners set ``.grad`` of every parameter a block owns, through
+    :func:`topo_ep.learn.base.write_gradients` (keyed by :class:`~topo_ep.params.ParamKey`,
+    one key per edge): a kind owns exactly one learned tensor, :attr:`parameter`, the one
+    ``outer`` is shaped like. Products never modify their operands.
+
+    ``summary()`` returns what ``topo-ep compile`` prints: at least ``kind``, ``density``
+    (stored entries over rows x cols) and ``backend``.
+
+    Attributes
+    ----------
+    kind
+        The registry name (``dense``, ``sparse``).
+    source, target
+        Layer names (``input`` as a source; ``readout`` as the readout's target).
+    gain
+        g, a float.
+    parameter
+        The tensor this block owns (learned or fixed), ``None`` for a tied transpose.
+    """
+
+    kind: str
+    source: str
+    target: str
+    gain: float
+
+    @property
+    def parameter(self) -> Tensor | None: ...
+
+    def accumulate(
+        self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
+    ) -> Tensor: ...
+
+    def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor: ...
+
+    def adjoint(self, y: Tensor, joined: Joined | None = None) -> Tensor: ...
+
+    def dense(self) -> Tensor: ...
+
+    def outer(self, post: Tensor, pre: Tensor, joined: Joined | None = None) -> Tensor: ...
+
+    def summary(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    """Everything a block kind is built from (:meth:`BlockKind.build`).
+
+    Attributes
+    ----------
+    name
+        The tensor's name for :func:`~topo_ep.initial.tensor_generator`: the edge key, or
+        ``readout`` / ``readout:feedback``.
+    source, target
+        The layers joined.
+    rows, cols
+        Target and source sizes: A is (rows, cols).
+    source_grid, target_grid
+        The layers' arrangements (declared ``shape`` or ``(size,)``).
+    gain
+        g.
+    learned
+        Whether the block's tensor is an ``nn.Parameter`` (else a buffer).
+    init
+        ``glorot_uniform``, ``identity`` or ``zeros``.
+    block
+        The declared kind and options.
+    seed
+        The run's seed (initial values); a mask has its own seed among the options.
+    dtype
+        Dtype of the floating tensors.
+    """
+
+    name: str
+    source: str
+    target: str
+    rows: int
+    cols: int
+    source_grid: tuple[int, ...]
+    target_grid: tuple[int, ...]
+    gain: float
+    learned: bool
+    init: str
+    block: BlockSpec
+    seed: int
+    dtype: torch.dtype
+
+
+class BlockKind(Block, Protocol):
+    """What :data:`BLOCKS` holds: a block class that owns storage (an ``nn.Module``).
+
+    ``build(context)`` creates and initialises the block; ``stored_entries(context)`` is the
+    number of values it will store (checked against the memory before anything is allocated);
+    ``transpose(source, target, gain)`` is the tied feedback it offers (see :class:`Block`).
+    """
+
+    @classmethod
+    def build(cls, context: BlockContext) -> BlockKind: ...
+
+    @classmethod
+    def stored_entries(cls, context: BlockContext) -> int: ...
+
+    def transpose(self, source: str, target: str, gain: float) -> Block: ...
+
+
+#: YAML block kind -> the class (see :class:`Block`). The options' schema is
+#: :data:`topo_ep.block_schema.BLOCK_KINDS`, registered under the same names.
+BLOCKS: Registry[type[BlockKind]] = Registry("block kind")
+
+
+def build_block(context: BlockContext) -> BlockKind:
+    """The block of kind ``context.block.kind`` (a name of :data:`BLOCKS`)."""
+    return BLOCKS.get(context.block.kind).build(context)
