@@ -50,9 +50,9 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from topo_ep.errors import DataError, Location, TopologyError
+from topo_ep.spec import DATASETS
 
 #: Names accepted by :func:`load_dataset`.
-DATASETS = ("digits", "mnist", "fashion-mnist")
 
 #: Fraction of the digits examples held out as the test split.
 DIGITS_TEST_FRACTION = 0.2

@@ -23,6 +23,8 @@ NUDGINGS = ("one-sided", "symmetric")
 ERROR_MODES = ("held", "reread")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
+#: Datasets the loaders know (:func:`topo_ep.data.load_dataset`).
+DATASETS = ("digits", "mnist", "fashion-mnist")
 
 
 @dataclass(frozen=True)

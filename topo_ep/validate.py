@@ -18,12 +18,12 @@ from typing import Any
 
 from topo_ep import graph
 from topo_ep.block_schema import Placement, parse_block
-from topo_ep.data import DATASETS
 from topo_ep.errors import Location
 from topo_ep.fields import MAX_EDGES, MAX_LAYERS, FieldChecker, show_value, suggest
 from topo_ep.schedules import SCHEDULES
 from topo_ep.spec import (
     ACTIVATIONS,
+    DATASETS,
     EDGE_KINDS,
     ERROR_MODES,
     FEEDBACK_MODES,
