@@ -70,11 +70,11 @@ class DenseReference:
                     and (other.source, other.target) == (edge.target, edge.source)
                 ]
                 assert len(partners) == 1, edge.key
-                weight = net.weight_of(partners[0].key).detach().t()
+                weight = _matrix(net, partners[0].key).t()
                 # The tied edge uses its partner's tensor itself, not a copy.
                 assert net.weight_of(edge.key) is net.weight_of(partners[0].key)
             else:
-                weight = net.weight_of(edge.key).detach()
+                weight = _matrix(net, edge.key)
             rows = self.slices[edge.target]
             assert weight.shape == (spec.layer(edge.target).size, spec.size_of(edge.source))
             if edge.source == "input":
@@ -283,6 +283,15 @@ def _assert_close(actual, expected, what: str, tol: float = TOL) -> None:
     assert diff <= tol, f"{what}: max |difference| {diff:.3g} > {tol:g}"
 
 
+def _matrix(net: CompiledNetwork, key: str) -> torch.Tensor:
+    """W of an edge as a dense (target, source) matrix: a dense block's weight, or a sparse
+    block's stored values placed at its mask (the values are what the network learns)."""
+    values = net.weight_of(key).detach()
+    if values.dim() == 2:
+        return values
+    return net.block_of(key).masked_dense(values)
+
+
 def _standardised(spec: TopologySpec, x: torch.Tensor) -> torch.Tensor:
     """x' = (x - mean) / std with the topology's declared input constants."""
     return (x - spec.input.mean) / spec.input.std
@@ -315,6 +324,11 @@ def _check_phases_and_gradients(spec: TopologySpec, method: EquilibriumPropagati
     for edge in spec.edges:
         if edge.learned:
             got[edge.key] = net.weight_of(edge.key).grad
+            if got[edge.key] is not None and got[edge.key].dim() == 1:  # sparse: at the mask
+                block = net.block_of(edge.key)
+                got[edge.key] = block.masked_dense(got[edge.key])
+                mask = block.masked_dense(torch.ones_like(net.weight_of(edge.key)))
+                expected[edge.key] = expected[edge.key] * mask  # only stored entries learn
         elif edge.kind != "feedback" or edge.feedback == "random":
             assert net.weight_of(edge.key).grad is None, edge.key  # fixed: never trained
     for layer in spec.layers:

@@ -18,11 +18,12 @@ Kernels of the update (:meth:`~topo_ep.blocks.sparse.SparseBlock.outer`):
 - ``masked-dense``: the dense outer product post^T pre, read at the mask.
 
 ``backend: auto`` resolves by :func:`choose_plan`, per device type, from the density (stored entries
-over rows x cols). The thresholds were measured with ``benchmarks/blocks.py`` (a 2048 x 2048
-block, batch 256, float32, 2 threads, on the development machine's CPU; see
-``benchmarks/results/blocks.json``), judged by the time of a whole EP training step (free and
-nudged relaxation through the block and its tied transpose, the update and the optimizer
-step), not by one product.
+over rows x cols), to be judged by the time of a whole EP training step (free and nudged
+relaxation through the block and its tied transpose, the update and the optimizer step), not by
+one product, with ``benchmarks/blocks.py`` (a 2048 x 2048 block, batch 256, float32, 2
+threads). Provisional: the CPU thresholds come from development runs of that benchmark on a
+shared machine, and the recorded run (``benchmarks/results/blocks.json``) is still to be made;
+the CUDA thresholds are unmeasured (no GPU has been lent yet).
 """
 
 from __future__ import annotations
