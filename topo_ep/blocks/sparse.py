@@ -259,11 +259,13 @@ class SparseBlock(nn.Module):
         small = torch.int32 if col.numel() < 2**31 - 1 else torch.long
         self._set_buffer("row_indices", row)
         self._set_buffer("flat_indices", row * cols + col)
+        self._set_buffer("t_crow_indices", t_crow)
+        self._set_buffer("t_col_indices", row[perm])
+        self._set_buffer("t_perm", perm)
         self._set_buffer("csr_crow", crow.to(small))
         self._set_buffer("csr_col", col.to(small))
-        self._set_buffer("t_crow_indices", t_crow.to(small))
-        self._set_buffer("t_col_indices", row[perm].to(small))
-        self._set_buffer("t_perm", perm)
+        self._set_buffer("csr_t_crow", t_crow.to(small))
+        self._set_buffer("csr_t_col", row[perm].to(small))
         self._cache.clear()
         self._templates.clear()
         _quiet_csr_warnings()
@@ -330,9 +332,7 @@ class SparseBlock(nn.Module):
         rows, cols = self.size
         if transposed:
             t_values = self._cached("t_values", values, lambda: values[self.t_perm])
-            return torch.sparse_csr_tensor(
-                self.t_crow_indices, self.t_col_indices, t_values, (cols, rows)
-            )
+            return torch.sparse_csr_tensor(self.csr_t_crow, self.csr_t_col, t_values, (cols, rows))
         return torch.sparse_csr_tensor(self.csr_crow, self.csr_col, values, (rows, cols))
 
     def raw_product(self, values: Tensor, x: Tensor, transposed: bool) -> Tensor:
