@@ -22,7 +22,7 @@ entries over rows x cols). The thresholds were measured with ``benchmarks/blocks
 2048 x 2048 block, batch 256, float32, 2 threads, on the development machine's CPU;
 ``benchmarks/results/blocks.json`` and ``blocks_threshold.json``), judged by the time of a whole
 EP training step (free and nudged relaxation through the block and its tied transpose, the
-update and the optimizer step), not by one product. ``torch-sparse`` was 2.6 to 4.8 times
+update and the optimizer step), not by one product. ``torch-sparse`` was 2.6 to 4.9 times
 slower than CSR at every measured density, so ``auto`` never picks it.
 """
 

@@ -13,9 +13,10 @@ place, :func:`topo_ep.blocks.dispatch.choose_plan`.
 
 The tied transpose (:class:`SparseTransposeBlock`) is the exact transpose with the same values:
 A^T in CSR form is (t_crow, t_col, values[t_perm]) with a permutation computed once from the
-mask, so it reads the current values and cannot drift. (Measured on a 2048 x 2048 block at 5 %,
-batch 256: the CSR transpose view ``csr.t()`` costs 2.4x the forward product; see
-``benchmarks/blocks.py``.)
+mask, so it reads the current values and cannot drift. (Measured on a 2048 x 2048 block, batch
+256, in the same fused product: the CSR transpose view ``csr.t()``, no copy, took 2.0x the
+permutation's time at 5 % density, 1.4x at 1 % and 3.2x at 100 %;
+``benchmarks/results/blocks.md``.)
 
 Autograd: with gradients enabled, a product is one :class:`torch.autograd.Function` whose
 backward is the block's own primitives, d/dx = the transposed product and d/dvalues =
@@ -39,7 +40,9 @@ from topo_ep.initial import glorot_bound, tensor_generator
 
 def _import_torch_sparse() -> Any:
     try:
-        import torch_sparse
+        with warnings.catch_warnings():  # torch-sparse 0.6.18 uses the deprecated jit.script
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import torch_sparse
     except ImportError as exc:  # the plan falls back before this; this is a last guard
         raise TopoEpError(
             f"backend torch-sparse needs the torch-sparse package: {INSTALL_HINT}"
