@@ -344,6 +344,7 @@ def test_torch_sparse_asked_for_and_missing_falls_back_with_one_line(monkeypatch
         block.apply(operands()[0])
         block.apply(operands()[0])
     assert block.plan().backend == "torch.sparse"
+    assert block.plan().label == "torch.sparse instead of torch-sparse"
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "\n" not in messages[0]
     assert "pip install 'topo-ep[sparse]'" in messages[0]

@@ -81,8 +81,13 @@ class Plan:
 
     @property
     def label(self) -> str:
-        """``torch.sparse`` or ``auto: torch.sparse``, as ``compile`` prints it."""
-        return self.backend if self.requested == self.backend else f"auto: {self.backend}"
+        """``torch.sparse``, ``auto: torch.sparse`` or ``torch.sparse instead of torch-sparse``
+        (a fallback), as ``compile`` prints it."""
+        if self.requested == self.backend:
+            return self.backend
+        if self.requested == "auto":
+            return f"auto: {self.backend}"
+        return f"{self.backend} instead of {self.requested}"
 
 
 def torch_sparse_available() -> bool:
