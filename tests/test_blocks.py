@@ -486,3 +486,10 @@ def test_the_block_schema_is_checked_without_torch():
     code = "import sys, topo_ep.loader, topo_ep.block_schema; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_schema_docs_list_every_block_kind():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "topology-schema.md").read_text("utf-8")
+    table = docs.split("| `kind` | stores | options |", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^\| `([a-z-]+)`", table, re.M)
+    assert listed == list(BLOCKS.names())
