@@ -158,9 +158,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats (median)")
     parser.add_argument("--step-repeats", type=int, default=5, help="timed training steps")
     parser.add_argument("--json", default="benchmarks/results/blocks.json")
+    parser.add_argument(
+        "--without-torch-sparse",
+        action="store_true",
+        help="leave the torch-sparse backend out even when it is installed (as on CI)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    backends = [b for b in BACKENDS if b != "torch-sparse" or torch_sparse_available()]
+    with_torch_sparse = torch_sparse_available() and not args.without_torch_sparse
+    backends = [b for b in BACKENDS if b != "torch-sparse" or with_torch_sparse]
     load_before = load_average()
     rows = []
     for density in args.densities:
@@ -218,7 +224,7 @@ def main() -> None:
         "repeats": args.repeats,
         "step_repeats": args.step_repeats,
         "torch": torch.__version__,
-        "torch_sparse": torch_sparse_version(),
+        "torch_sparse": torch_sparse_version() if with_torch_sparse else None,
         "machine": platform.platform(),
         "processor": platform.processor(),
         "load_average_before": load_before,

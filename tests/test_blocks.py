@@ -344,6 +344,7 @@ def test_torch_sparse_asked_for_and_missing_falls_back_with_one_line(monkeypatch
         block.apply(operands()[0])
         block.apply(operands()[0])
     assert block.plan().backend == "torch.sparse"
+    assert block.plan().label == "torch.sparse instead of torch-sparse"
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "\n" not in messages[0]
     assert "pip install 'topo-ep[sparse]'" in messages[0]
@@ -485,3 +486,10 @@ def test_the_block_schema_is_checked_without_torch():
     code = "import sys, topo_ep.loader, topo_ep.block_schema; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_schema_docs_list_every_block_kind():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "topology-schema.md").read_text("utf-8")
+    table = docs.split("| `kind` | stores | options |", 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^\| `([a-z-]+)`", table, re.M)
+    assert listed == list(BLOCKS.names())

@@ -83,6 +83,10 @@ class Block(Protocol):
     ``summary()`` returns what ``topo-ep compile`` prints: at least ``kind``, ``density``
     (stored entries over rows x cols) and ``backend``.
 
+    The readout is a block of the same protocol, from the top hidden layer to ``readout``
+    (:class:`~topo_ep.blocks.readout.ReadoutHead`): its logits are ``accumulate``/``apply``,
+    its gradient ``outer(p - y, s_top)``, and its tied transpose carries the nudge (B_f).
+
     Attributes
     ----------
     kind

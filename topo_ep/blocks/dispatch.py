@@ -17,13 +17,13 @@ Kernels of the update (:meth:`~topo_ep.blocks.sparse.SparseBlock.outer`):
 - ``sampled``: ``torch.sparse.sampled_addmm``, computed only at the mask's entries;
 - ``masked-dense``: the dense outer product post^T pre, read at the mask.
 
-``backend: auto`` resolves by :func:`choose_plan`, per device type, from the density (stored entries
-over rows x cols), to be judged by the time of a whole EP training step (free and nudged
-relaxation through the block and its tied transpose, the update and the optimizer step), not by
-one product, with ``benchmarks/blocks.py`` (a 2048 x 2048 block, batch 256, float32, 2
-threads). Provisional: the CPU thresholds come from development runs of that benchmark on a
-shared machine, and the recorded run (``benchmarks/results/blocks.json``) is still to be made;
-the CUDA thresholds are unmeasured (no GPU has been lent yet).
+``backend: auto`` resolves by :func:`choose_plan`, per device type, from the density (stored
+entries over rows x cols). The thresholds were measured with ``benchmarks/blocks.py`` (a
+2048 x 2048 block, batch 256, float32, 2 threads, on the development machine's CPU;
+``benchmarks/results/blocks.json`` and ``blocks_threshold.json``), judged by the time of a whole
+EP training step (free and nudged relaxation through the block and its tied transpose, the
+update and the optimizer step), not by one product. ``torch-sparse`` was 2.6 to 4.9 times
+slower than CSR at every measured density, so ``auto`` never picks it.
 """
 
 from __future__ import annotations
@@ -40,10 +40,17 @@ BACKENDS = ("dense", "torch.sparse", "torch-sparse")
 UPDATES = ("sampled", "masked-dense")
 
 #: Per device type: the density at or below which ``auto`` runs products on CSR
-#: (``torch.sparse``), and above which on the masked dense matrix.
-SPARSE_PRODUCTS_UP_TO: dict[str, float] = {"cpu": 0.10, "cuda": 0.05}
-#: Per device type: the density at or below which the update is ``sampled``.
-SAMPLED_UPDATE_UP_TO: dict[str, float] = {"cpu": 0.10, "cuda": 0.05}
+#: (``torch.sparse``), and above which on the masked dense matrix. CPU, measured (training
+#: step, ms, CSR / dense backend; medians of 9 in blocks_threshold.json): 8 % 291 / 462,
+#: 10 % 412 / 533, 12 % 534 / 572, 15 % 706 / 612; medians of 5 in blocks.json: 1 % 183 / 635,
+#: 5 % 265 / 497, 20 % 831 / 561. Three runs at 8-15 % differed by up to 10 %; the crossover
+#: lay between 12 and 15 % in each. CUDA: not measured (no GPU was available); cuSPARSE is
+#: assumed to pay off only at lower densities than MKL.
+SPARSE_PRODUCTS_UP_TO: dict[str, float] = {"cpu": 0.125, "cuda": 0.05}
+#: Per device type: the density at or below which the update is ``sampled``. CPU, measured
+#: (ms, sampled / masked-dense): 5 % 6.9 / 17.7, 10 % 10.7 / 15.0, 15 % 16.9 / 18.7,
+#: 20 % 16.3 / 14.7, 50 % 41.7 / 19.4. CUDA: not measured.
+SAMPLED_UPDATE_UP_TO: dict[str, float] = {"cpu": 0.15, "cuda": 0.05}
 #: Device types without a measured rule use these.
 DEFAULT_DEVICE = "cpu"
 
@@ -74,8 +81,13 @@ class Plan:
 
     @property
     def label(self) -> str:
-        """``torch.sparse`` or ``auto: torch.sparse``, as ``compile`` prints it."""
-        return self.backend if self.requested == self.backend else f"auto: {self.backend}"
+        """``torch.sparse``, ``auto: torch.sparse`` or ``torch.sparse instead of torch-sparse``
+        (a fallback), as ``compile`` prints it."""
+        if self.requested == self.backend:
+            return self.backend
+        if self.requested == "auto":
+            return f"auto: {self.backend}"
+        return f"{self.backend} instead of {self.requested}"
 
 
 def torch_sparse_available() -> bool:

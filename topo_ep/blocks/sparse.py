@@ -13,9 +13,10 @@ place, :func:`topo_ep.blocks.dispatch.choose_plan`.
 
 The tied transpose (:class:`SparseTransposeBlock`) is the exact transpose with the same values:
 A^T in CSR form is (t_crow, t_col, values[t_perm]) with a permutation computed once from the
-mask, so it reads the current values and cannot drift. (Measured on a 2048 x 2048 block at 5 %,
-batch 256: the CSR transpose view ``csr.t()`` costs 2.4x the forward product; see
-``benchmarks/blocks.py``.)
+mask, so it reads the current values and cannot drift. (Measured on a 2048 x 2048 block, batch
+256, in the same fused product: the CSR transpose view ``csr.t()``, no copy, took 2.0x the
+permutation's time at 5 % density, 1.4x at 1 % and 3.2x at 100 %;
+``benchmarks/results/blocks.md``.)
 
 Autograd: with gradients enabled, a product is one :class:`torch.autograd.Function` whose
 backward is the block's own primitives, d/dx = the transposed product and d/dvalues =
@@ -39,7 +40,9 @@ from topo_ep.initial import glorot_bound, tensor_generator
 
 def _import_torch_sparse() -> Any:
     try:
-        import torch_sparse
+        with warnings.catch_warnings():  # torch-sparse 0.6.18 uses the deprecated jit.script
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import torch_sparse
     except ImportError as exc:  # the plan falls back before this; this is a last guard
         raise TopoEpError(
             f"backend torch-sparse needs the torch-sparse package: {INSTALL_HINT}"
@@ -354,10 +357,12 @@ class SparseBlock(nn.Module):
             matrix = self._cached("dense", values, lambda: self.masked_dense(values))
             return torch.addmm(acc, x, matrix if transposed else matrix.t(), alpha=alpha)
         if backend == "torch.sparse":
-            # (acc^T + alpha A x^T)^T: one sparse addmm, no zero fill, no extra pass.
-            csr = self._csr(values, transposed)
-            return torch.addmm(acc.t(), csr, x.t(), alpha=alpha).t()
-        return torch.add(acc, self.product_torch_sparse(values, x, transposed), alpha=alpha)
+            product = self.product_csr(values, x, transposed)
+        else:
+            product = self.product_torch_sparse(values, x, transposed)
+        # One pass over acc. (The fused torch.addmm(acc^T, A, x^T) must first copy a row-major
+        # acc into column-major order: measured 15 % slower on a 1024 x 1024 block at 5 %.)
+        return torch.add(acc, product, alpha=alpha)
 
     def product_dense(self, values: Tensor, x: Tensor, transposed: bool) -> Tensor:
         """Backend ``dense``: GEMM with the masked dense matrix, rebuilt when the values
