@@ -24,6 +24,7 @@ from topo_ep.interrupts import exit_code, sigterm_raises
 from topo_ep.registry import Registry
 
 if TYPE_CHECKING:
+    from topo_ep.distributed import DataParallel
     from topo_ep.rundir import RunLock
     from topo_ep.spec import TopologySpec
 
@@ -184,32 +185,52 @@ def _check_checkpoint(path: str | None) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Train in this process, or as one rank of a torchrun launch (:mod:`topo_ep.distributed`):
+    then rank 0 alone takes the lock and checks the run directory, and tells the others."""
     from pathlib import Path
 
+    from topo_ep.distributed import process_group
     from topo_ep.loader import load_topology
     from topo_ep.rundir import RunDirError, RunLock, ensure_output_dir, prepare_run_dir
 
     spec = load_topology(args.file, overrides=args.overrides)
-    if args.resume and not os.path.lexists(args.out):
-        raise RunDirError(f"--resume: there is no run directory {args.out} to continue")
-    out = ensure_output_dir(args.out)
-    with RunLock(out) as lock:
-        moved = prepare_run_dir(Path(out), resume=args.resume, overwrite=args.overwrite)
-        if moved is not None:
-            print(f"--overwrite: moved the previous run in {out} to {moved}")
-        return _train_locked(args, spec, lock)
+    with process_group(args.device, args.dist_backend) as parallel, contextlib.ExitStack() as held:
+        locks: list[RunLock] = []
+
+        def claim() -> str | None:
+            if args.resume and not os.path.lexists(args.out):
+                raise RunDirError(f"--resume: there is no run directory {args.out} to continue")
+            out = ensure_output_dir(args.out)
+            locks.append(held.enter_context(RunLock(out)))
+            moved = prepare_run_dir(Path(out), resume=args.resume, overwrite=args.overwrite)
+            if moved is not None:
+                print(f"--overwrite: moved the previous run in {out} to {moved}")
+            return None if moved is None else str(moved)
+
+        parallel.from_main(claim)
+        return _train_locked(args, spec, locks[0] if locks else None, parallel)
 
 
-def _train_locked(args: argparse.Namespace, spec: TopologySpec, lock: RunLock) -> int:
-    """The training of ``_cmd_train`` once the run directory is locked and checked."""
+def _train_locked(
+    args: argparse.Namespace,
+    spec: TopologySpec,
+    lock: RunLock | None,
+    parallel: DataParallel,
+) -> int:
+    """The training of ``_cmd_train`` once the run directory is locked and checked (by this
+    process, or by rank 0 of a data-parallel run: ``lock`` is ``None`` on the other ranks)."""
     from topo_ep.data import check_compatible, load_dataset
+    from topo_ep.distributed import resume_on_every_rank
     from topo_ep.train import RunSettings, Trainer, summary_line
 
+    say: Callable[[str], None] = print if parallel.is_main else _silent
+    if parallel.distributed and args.track_flow > 0:
+        raise TopoEpError("--track-flow runs in one process; launch without torchrun to use it")
     settings = RunSettings(
         method=args.method,
         epochs=args.epochs if args.epochs is not None else spec.training.epochs,
         seed=args.seed,
-        device=args.device,
+        device=parallel.device or args.device,
         dtype=args.dtype,
         dataset=_dataset_name(args, spec),
         data_dir=args.data_dir,
@@ -217,9 +238,18 @@ def _train_locked(args: argparse.Namespace, spec: TopologySpec, lock: RunLock) -
     )
     dataset = load_dataset(settings.dataset, args.data_dir, seed=args.seed, limit=args.limit)
     check_compatible(dataset, spec.input.size, spec.readout.size, args.file)
-    trainer = Trainer(spec, dataset, settings, out_dir=args.out, progress=not args.quiet, lock=lock)
+    trainer = Trainer(
+        spec,
+        dataset,
+        settings,
+        out_dir=args.out,
+        progress=not args.quiet and parallel.is_main,
+        log=say,
+        lock=lock,
+        parallel=parallel,
+    )
     if args.resume:
-        trainer.resume(args.out)
+        resume_on_every_rank(trainer, args.out)
         done = trainer.start_epoch - 1
         if settings.epochs < done:
             raise TopoEpError(
@@ -227,22 +257,28 @@ def _train_locked(args: argparse.Namespace, spec: TopologySpec, lock: RunLock) -
                 f"run can only go on (pass --epochs {done + 1} or more)"
             )
         if settings.epochs == done:
-            print(
+            say(
                 f"{args.out} already holds all {done} epochs: nothing to train (pass a larger "
                 "--epochs to continue)"
             )
-            print(summary_line(spec, settings, trainer.metrics))
+            say(summary_line(spec, settings, trainer.metrics))
             return 0
-    print(
+    ranks = (
+        f", {parallel.world_size} ranks ({parallel.backend}; each a shard of every batch of "
+        f"{spec.training.batch_size})"
+        if parallel.distributed
+        else ""
+    )
+    say(
         f"training {spec.name} with {args.method} on {dataset.name} "
         f"({len(dataset.train)} train / {len(dataset.val)} val / {len(dataset.test)} test), "
-        f"device {trainer.device}, {settings.dtype}, seed {args.seed}, out {args.out}"
+        f"device {trainer.device}{ranks}, {settings.dtype}, seed {args.seed}, out {args.out}"
     )
     if spec.input.standardised:
-        print(f"inputs standardised: x <- (x - {spec.input.mean:g}) / {spec.input.std:g}")
+        say(f"inputs standardised: x <- (x - {spec.input.mean:g}) / {spec.input.std:g}")
     for name, split in (("validation", dataset.val), ("test", dataset.test)):
         if len(split) == 0:
-            print(f"note: the {name} split is empty: its accuracy is reported as n/a (null)")
+            say(f"note: the {name} split is empty: its accuracy is reported as n/a (null)")
     if args.track_flow > 0:
         from topo_ep.analysis.tracking import FLOW_FILE, train_with_flow
 
@@ -252,8 +288,12 @@ def _train_locked(args: argparse.Namespace, spec: TopologySpec, lock: RunLock) -
         print(f"gradient flow after every epoch: {trainer.out_dir / FLOW_FILE}")
     else:
         metrics = trainer.run()
-    print(summary_line(spec, settings, metrics))
+    say(summary_line(spec, settings, metrics))
     return 0
+
+
+def _silent(line: str) -> None:
+    """The log of the ranks other than 0: they print nothing."""
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -434,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
+        "--dist-backend",
+        choices=("auto", "gloo", "nccl"),
+        default="auto",
+        help="under torchrun: the torch.distributed backend (auto: nccl on CUDA, gloo on the CPU)",
+    )
+    p.add_argument(
         "--track-flow",
         type=_non_negative_int,
         default=0,
@@ -549,7 +595,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
+    from topo_ep.distributed import launched_by_torchrun
+
     what = "terminated (SIGTERM)" if exit_code(exc) != 130 else "interrupted (Ctrl-C)"
+    if args.command == "train" and launched_by_torchrun():
+        return (
+            f"rank {os.environ.get('RANK')}: {what}: torchrun stops every rank when one fails or "
+            f"the job is stopped; the epoch in progress was abandoned; {args.out} keeps the last "
+            "finished epoch, if any (continue with --resume under the same torchrun command)"
+        )
     if args.command == "train":
         return (
             f"{what}: the epoch in progress was abandoned; {args.out} keeps the last finished "

@@ -41,6 +41,7 @@ from topo_ep import __version__
 from topo_ep.checkpoint import check_finite, load_checkpoint, save_atomic
 from topo_ep.compiler import CompiledNetwork, compile_topology
 from topo_ep.data import Dataset, Split, iterate_batches
+from topo_ep.distributed import DataParallel, with_agreement
 from topo_ep.errors import CheckpointError, DivergenceError, RunFailedError, TopoEpError
 from topo_ep.interrupts import signals_deferred
 from topo_ep.learn import Method, make_method
@@ -271,6 +272,10 @@ class Trainer:
         Receives one line per epoch.
     lock
         The held lock of ``out_dir``, when the caller took it; otherwise :meth:`run` takes one.
+    parallel
+        The ranks of a data-parallel run (:mod:`topo_ep.distributed`): each rank trains on its
+        shard of every batch, the gradients are combined before each step, the metrics reduced,
+        and rank 0 alone writes ``out_dir``. Default: a single process.
     """
 
     def __init__(
@@ -282,6 +287,7 @@ class Trainer:
         progress: bool = True,
         log: Callable[[str], None] = print,
         lock: RunLock | None = None,
+        parallel: DataParallel | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -293,7 +299,8 @@ class Trainer:
         self.dataset = dataset_on(dataset, self.device)
         torch.manual_seed(settings.seed)
         self.net = compile_topology(spec, seed=settings.seed, dtype=self.dtype, device=self.device)
-        self.method = make_method(settings.method, spec)
+        self.parallel = parallel if parallel is not None else DataParallel.single()
+        self.method = with_agreement(make_method(settings.method, spec), self.parallel.agreement)
         self.optimizer = make_optimizer(self.net, spec)
         self.metrics: list[dict[str, Any]] = []
         self.start_epoch = 1
@@ -403,8 +410,9 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-        for x, y in bar:
-            x = x.to(self.dtype)
+        for x_all, y_all in bar:
+            shard = self.parallel.shard(x_all, y_all)
+            x, y = shard.x.to(self.dtype), shard.y
             self.optimizer.zero_grad(set_to_none=True)
             try:
                 result = self.method.gradients(net, x, y)
@@ -420,6 +428,7 @@ class Trainer:
                     f"optimizer {self.spec.training.optimizer}). {self._saved_state(epoch)} "
                     f"(The relaxation said: {exc})"
                 ) from None
+            self.parallel.combine_gradients(params, shard.weight)
             try:
                 self.optimizer.step()
             except RuntimeError as exc:
@@ -434,14 +443,15 @@ class Trainer:
             finite &= torch.isfinite(result.loss).all()
             if totals.batches == 0:
                 pause_point("mid-epoch", epoch)
-            totals.loss += result.loss.double() * len(y)
-            totals.correct += result.correct
-            totals.examples += len(y)
+            totals.loss += result.loss.double() * shard.size
+            totals.correct += result.correct if shard.size else 0
+            totals.examples += shard.size
             totals.batches += 1
             totals.free_steps += result.free_steps
             totals.nudged_steps += result.nudged_steps
             totals.unconverged += not result.converged
         bar.close()
+        finite = self.parallel.reduce_totals(totals, finite, params)
         if not bool(finite) or not _all_finite(params):
             raise self._non_finite_error(epoch, lr)
         return totals
@@ -491,7 +501,7 @@ class Trainer:
         RunDirError
             When another process holds the run directory's lock.
         """
-        if self.out_dir is None:
+        if self.out_dir is None or not self.parallel.is_main:
             return self._train_epochs()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         lock = self.lock if self.lock is not None else RunLock(self.out_dir)
@@ -515,8 +525,8 @@ class Trainer:
             totals = self.train_epoch(epoch)
             train_seconds = time.perf_counter() - started
             self._warn_unconverged(epoch, totals)
-            _, val_acc = evaluate_split(self.method, self.net, self.dataset.val, eval_batch)
-            _, test_acc = evaluate_split(self.method, self.net, self.dataset.test, eval_batch)
+            _, val_acc = self._evaluate(self.dataset.val, eval_batch)
+            _, test_acc = self._evaluate(self.dataset.test, eval_batch)
             n = max(1, totals.examples)
             record: dict[str, Any] = {
                 "epoch": epoch,
@@ -529,7 +539,7 @@ class Trainer:
                 "nudged_steps": totals.nudged_steps / max(1, totals.batches),
             }
             self.metrics.append(record)
-            if self.out_dir is not None:
+            if self.out_dir is not None and self.parallel.is_main:
                 with signals_deferred():  # the checkpoint, then its metrics line; never half
                     save_atomic(self.checkpoint_payload(epoch), self.out_dir / "checkpoint.pt")
                     pause_point("before-metrics", epoch)
@@ -543,6 +553,14 @@ class Trainer:
                 f"{record['nudged_steps']:.1f} steps)"
             )
         return self.metrics
+
+    def _evaluate(self, split: Split, batch_size: int) -> tuple[float | None, float | None]:
+        """:func:`evaluate_split`; with several ranks, each global batch sharded over them."""
+        if not self.parallel.distributed:
+            return evaluate_split(self.method, self.net, split, batch_size)
+        return self.parallel.evaluate(
+            lambda x: self.method.logits(self.net, x), split, batch_size, self.dtype
+        )
 
     def _rewrite_metrics(self) -> None:
         """metrics.jsonl holds exactly the epochs of the checkpoint (drops lines of a crash)."""
