@@ -223,7 +223,9 @@ def _train_locked(
     from topo_ep.distributed import resume_on_every_rank
     from topo_ep.train import RunSettings, Trainer, summary_line
 
-    say: Callable[[str], None] = print if parallel.is_main else _silent
+    say: Callable[[str], None] = _flushed if parallel.distributed else print
+    if not parallel.is_main:
+        say = _silent
     if parallel.distributed and args.track_flow > 0:
         raise TopoEpError("--track-flow runs in one process; launch without torchrun to use it")
     settings = RunSettings(
@@ -294,6 +296,11 @@ def _train_locked(
 
 def _silent(line: str) -> None:
     """The log of the ranks other than 0: they print nothing."""
+
+
+def _flushed(line: str) -> None:
+    """Rank 0's log: flushed at once (torchrun gives the ranks pipes, which buffer)."""
+    print(line, flush=True)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -385,6 +392,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from topo_ep.analysis.sweep import (
         SweepSettings,
         parse_set_values,
+        parse_shard,
         plot_quantities,
         run_sweep,
         write_tables,
@@ -393,6 +401,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from topo_ep.rundir import ensure_output_dir
 
     ensure_output_dir(args.out)
+    shard = parse_shard(args.shard) if args.shard is not None else None
     path, values = parse_set_values(args.set_values)
     settings = SweepSettings(
         file=args.file,
@@ -410,11 +419,36 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         convergence_steps=args.max_steps,
         out=args.out,
     )
-    rows = run_sweep(settings)
+    rows = run_sweep(settings, workers=args.workers, shard=shard)
+    if shard is not None and shard[1] > 1:
+        print(
+            f"share {shard[0]}/{shard[1]}: {len(rows)} points in {settings.out}; when every share "
+            "is done, merge their folders into one table and one set of plots with "
+            "topo-ep sweep-merge FOLDER... --out MERGED"
+        )
+        return 0
     command = "topo-ep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     csv_path, md_path = write_tables(rows, settings, command)
     plot_quantities(rows, settings)
     print(f"wrote {md_path}, {csv_path} and one PNG per quantity in {settings.out}")
+    return 0
+
+
+def _cmd_sweep_merge(args: argparse.Namespace) -> int:
+    import shlex
+
+    from topo_ep.analysis.sweep import merge_sweeps, plot_quantities, write_tables
+    from topo_ep.rundir import ensure_output_dir
+
+    ensure_output_dir(args.out)
+    settings, rows = merge_sweeps(args.folders, args.out)
+    command = "topo-ep " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    csv_path, md_path = write_tables(rows, settings, command)
+    plot_quantities(rows, settings)
+    print(
+        f"merged {len(rows)} points from {len(args.folders)} folder(s): wrote {md_path}, "
+        f"{csv_path} and one PNG per quantity in {settings.out}"
+    )
     return 0
 
 
@@ -589,8 +623,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, default=1000,
                    help="convergence step limit (1000)")  # fmt: skip
     p.add_argument("--out", default="runs/sweep", help="output folder (runs/sweep)")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="run the points in N processes of this machine (1)")  # fmt: skip
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run share I of N of the grid (every N-th point from the I-th), e.g. "
+                   "on N machines; then merge the folders with sweep-merge")  # fmt: skip
     _add_set_option(p)
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "sweep-merge",
+        help="merge the folders of a sweep's shares into one table and one set of plots",
+        description="Read the manifests and rows of the folders written by topo-ep sweep "
+        "--shard I/N (or of any sweep), check that they belong to one sweep and cover its grid, "
+        "and write OUT/sweep.csv, OUT/sweep.md and one PNG per quantity.",
+    )
+    p.add_argument("folders", nargs="+", metavar="FOLDER", help="the shares' --out folders")
+    p.add_argument("--out", required=True, help="folder of the merged table and plots")
+    p.set_defaults(func=_cmd_sweep_merge)
     return parser
 
 

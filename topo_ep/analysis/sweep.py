@@ -8,6 +8,14 @@ test split. Each (value, seed) row is stored as ``OUT/runs/<tag>/row.json`` and 
 interrupted sweep resumes. The results are one table (``sweep.csv`` with every seed,
 ``sweep.md`` with mean and min..max over seeds) and one plot per quantity with the seed spread.
 
+Scaling out: ``workers`` > 1 runs the points in that many processes of this machine (each with
+its share of the CPU threads); :func:`shard_points` gives one share ``i/n`` of the grid (every
+n-th point, from the i-th), so that a large sweep is split across machines. Each run writes a
+manifest (``sweep.json``, or ``sweep.shard-I-of-N.json`` for a share) with its settings;
+:func:`merge_sweeps` (``topo-ep sweep-merge``) reads the manifests and rows of the shards'
+folders, checks that they belong to one sweep and cover its grid, and writes one table and one
+set of plots.
+
 Quantities per row (schedule: the topology's, unless given):
 
 - ``spectral_radius``: rho(M) of the gain-scaled hidden operator;
@@ -23,9 +31,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -217,25 +227,229 @@ def run_point(
     return row
 
 
-def run_sweep(settings: SweepSettings, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Every (value, seed) row, computed or read back from ``OUT/runs/<tag>/row.json``."""
-    rows = []
-    for value in settings.values:
-        for seed in range(settings.seeds):
-            run_dir = settings.point_dir(value, seed)
-            stored = run_dir / "row.json"
-            if stored.is_file():
-                row = json.loads(stored.read_text(encoding="utf-8"))
-                if row.get("epochs", 0) >= settings.train_epochs:
-                    rows.append(row)
-                    log(f"{settings.path}={value} seed {seed}: reused {stored}")
-                    continue
-            log(f"{settings.path}={value} seed {seed}: running")
-            row = run_point(settings, value, seed, log)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            stored.write_text(json.dumps(_jsonable(row), indent=1) + "\n", encoding="utf-8")
-            rows.append(row)
-    return rows
+#: A point of the grid: (value text, seed).
+Point = tuple[str, int]
+
+
+def grid_points(settings: SweepSettings) -> list[Point]:
+    """Every (value, seed) of the grid, values in the order given, seeds 0 .. seeds - 1."""
+    return [(value, seed) for value in settings.values for seed in range(settings.seeds)]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` (1 <= I <= N) of ``--shard``.
+
+    Raises
+    ------
+    TopoEpError
+        For anything else, saying what is expected.
+    """
+    index, slash, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i = n = 0
+    if not slash or n < 1 or not 1 <= i <= n:
+        raise TopoEpError(
+            f"--shard {text!r}: expected I/N with 1 <= I <= N, e.g. --shard 1/3 for the first "
+            "of three shares"
+        )
+    return i, n
+
+
+def shard_points(points: Sequence[Point], index: int, count: int) -> list[Point]:
+    """Share ``index`` of ``count`` (1-based): every ``count``-th point from the ``index``-th,
+    so that each share holds every value and the shares differ by at most one point."""
+    return list(points[index - 1 :: count])
+
+
+def _stored_row(settings: SweepSettings, value: str, seed: int) -> dict[str, Any] | None:
+    """The row of a point read back from its ``row.json``, if it is there and trained enough."""
+    stored = settings.point_dir(value, seed) / "row.json"
+    if not stored.is_file():
+        return None
+    row = json.loads(stored.read_text(encoding="utf-8"))
+    return row if row.get("epochs", 0) >= settings.train_epochs else None
+
+
+def compute_point(
+    settings: SweepSettings, value: str, seed: int, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """:func:`run_point`, then its row stored as ``OUT/runs/<tag>/row.json``."""
+    log(f"{settings.path}={value} seed {seed}: running")
+    row = run_point(settings, value, seed, log)
+    run_dir = settings.point_dir(value, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stored = run_dir / "row.json"
+    stored.write_text(json.dumps(_jsonable(row), indent=1) + "\n", encoding="utf-8")
+    log(f"{settings.path}={value} seed {seed}: done")
+    return row
+
+
+def _worker_start(threads: int, flush_denormal: bool) -> None:
+    """Set up a worker process: its share of the CPU threads, subnormals as in the parent."""
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(flush_denormal)
+
+
+def _worker_point(settings: SweepSettings, value: str, seed: int) -> dict[str, Any]:
+    own = f"{settings.path}={value} seed {seed}"
+
+    def log(line: str) -> None:  # the trainer's lines do not say which point they belong to
+        print(line if line.startswith(own) else f"[{own}] {line}", flush=True)
+
+    return compute_point(settings, value, seed, log)
+
+
+def _flush_denormal_on() -> bool:
+    return float(torch.tensor(1e-300, dtype=torch.float64) * 1e-10) == 0.0
+
+
+def run_sweep(
+    settings: SweepSettings,
+    log: Callable[[str], None] = print,
+    *,
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+) -> list[dict[str, Any]]:
+    """Every (value, seed) row of the grid (or of its share ``shard = (i, n)``), computed or
+    read back from ``OUT/runs/<tag>/row.json``, in grid order.
+
+    ``workers`` > 1 computes the missing points in that many processes, each with
+    cpu_count / workers threads. Writes the manifest :func:`manifest_path` first.
+    """
+    points = grid_points(settings)
+    if shard is not None:
+        points = shard_points(points, *shard)
+    write_manifest(settings, shard)
+    rows: dict[Point, dict[str, Any]] = {}
+    missing = []
+    for value, seed in points:
+        row = _stored_row(settings, value, seed)
+        if row is None:
+            missing.append((value, seed))
+        else:
+            rows[(value, seed)] = row
+            log(f"{settings.path}={value} seed {seed}: reused {settings.point_dir(value, seed)}")
+    if workers <= 1 or len(missing) <= 1:
+        for value, seed in missing:
+            rows[(value, seed)] = compute_point(settings, value, seed, log)
+    else:
+        import multiprocessing
+
+        count = min(workers, len(missing))
+        threads = max(1, (os.cpu_count() or 1) // count)
+        log(f"{len(missing)} points in {count} worker processes of {threads} thread(s) each")
+        with ProcessPoolExecutor(
+            max_workers=count,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_start,
+            initargs=(threads, _flush_denormal_on()),
+        ) as pool:
+            futures = {
+                point: pool.submit(_worker_point, settings, point[0], point[1]) for point in missing
+            }
+            for point, future in futures.items():
+                rows[point] = future.result()
+    return [rows[point] for point in points]
+
+
+#: The settings that may differ between the shards of one sweep (where each one writes).
+_PLACE_SETTINGS = ("out", "runs_dir")
+
+
+def manifest_path(out: str | os.PathLike[str], shard: tuple[int, int] | None) -> Path:
+    """``OUT/sweep.json``, or ``OUT/sweep.shard-I-of-N.json`` for share I of N."""
+    name = "sweep.json" if shard is None else f"sweep.shard-{shard[0]}-of-{shard[1]}.json"
+    return Path(out) / name
+
+
+def write_manifest(settings: SweepSettings, shard: tuple[int, int] | None) -> Path:
+    """The sweep's settings and share, for :func:`merge_sweeps`."""
+    path = manifest_path(settings.out, shard)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    document = {"settings": asdict(settings), "shard": list(shard) if shard else None}
+    path.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def _comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k not in _PLACE_SETTINGS}
+
+
+def merge_sweeps(
+    folders: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]
+) -> tuple[SweepSettings, list[dict[str, Any]]]:
+    """The settings and every row of one sweep run in shares, read from the shards' folders.
+
+    Each folder holds one or more manifests (:func:`write_manifest`) and the rows under its
+    ``runs`` folder. Returns the settings with ``out`` set to ``out`` (where the merged table
+    and plots go) and the rows in grid order.
+
+    Raises
+    ------
+    TopoEpError
+        When a folder has no manifest, the manifests come from different sweeps (naming the
+        settings that differ), or points of the grid have no row (naming them and the share
+        that owns them).
+    """
+    manifests: list[tuple[Path, dict[str, Any]]] = []
+    for folder in folders:
+        found = sorted(Path(folder).glob("sweep*.json"))
+        if not found:
+            raise TopoEpError(
+                f"{folder}: no sweep manifest (sweep.json or sweep.shard-I-of-N.json); is this "
+                "the --out folder of a topo-ep sweep?"
+            )
+        for path in found:
+            try:
+                document = json.loads(path.read_text(encoding="utf-8"))
+                settings = document["settings"]
+                settings["values"] = tuple(settings["values"])
+                settings["overrides"] = tuple(settings["overrides"])
+                SweepSettings(**settings)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise TopoEpError(f"{path}: not a readable sweep manifest ({exc})") from None
+            manifests.append((path, document))
+    first_path, first = manifests[0]
+    reference = _comparable(first["settings"])
+    for path, document in manifests[1:]:
+        other = _comparable(document["settings"])
+        differ = [k for k in reference if reference[k] != other.get(k)]
+        if differ:
+            listed = "; ".join(
+                f"{k}: {reference[k]!r} in {first_path}, {other.get(k)!r} in {path}" for k in differ
+            )
+            raise TopoEpError(f"the folders hold different sweeps: {listed}")
+    counts = {tuple(d["shard"])[1] for _, d in manifests if d["shard"]}
+    settings = SweepSettings(**first["settings"])
+    rows: dict[Point, dict[str, Any]] = {}
+    for path, document in manifests:
+        placed = SweepSettings(**document["settings"])
+        place = replace(placed, out=str(path.parent)) if placed.runs_dir is None else placed
+        for value, seed in grid_points(settings):
+            if (value, seed) not in rows:
+                row = _stored_row(place, value, seed)
+                if row is not None:
+                    rows[(value, seed)] = row
+    points = grid_points(settings)
+    absent = [point for point in points if point not in rows]
+    if absent:
+        owners = ""
+        if len(counts) == 1:
+            n = counts.pop()
+            owners = (
+                " ("
+                + ", ".join(
+                    f"{v} seed {s}: share {points.index((v, s)) % n + 1}/{n}" for v, s in absent[:8]
+                )
+                + ")"
+            )
+        raise TopoEpError(
+            f"{len(absent)} of {len(points)} points of the sweep have no row in "
+            f"{', '.join(str(f) for f in folders)}{owners}: run the missing shares first"
+        )
+    return replace(settings, out=str(out), runs_dir=None), [rows[point] for point in points]
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
