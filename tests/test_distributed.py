@@ -182,7 +182,7 @@ def test_two_ranks_train_the_weights_of_one_process(tmp_path, method):
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert record["train_acc"] * LIMIT == pytest.approx(round(record["train_acc"] * LIMIT))
     config = (out / "config.yaml").read_text()
-    assert "device: cpu" in config
+    assert "data_parallel:\n  ranks: 2\n  backend: gloo" in config
 
 
 def test_two_nodes_of_one_rank_on_localhost_train_the_weights_of_one_process(tmp_path):

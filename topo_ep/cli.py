@@ -38,11 +38,16 @@ TRAIN_EPILOG = """run directories (--out):
   directory: a second training into it exits with code 2.
   --resume continues from OUT/checkpoint.pt and refuses settings that differ from the
   checkpoint's, naming each: --seed, --dtype, --limit, --dataset, --method, the topology
-  file and its --set options. What may change: --epochs (more epochs), --device and
-  --data-dir (and, later, the number of data-parallel ranks).
+  file and its --set options. What may change: --epochs (more epochs), --device,
+  --data-dir and the number of data-parallel ranks.
   An epoch is saved whole, checkpoint first, then its metrics line; Ctrl-C (exit 130) or
   SIGTERM (exit 143) abandons the epoch in progress and leaves no temporary file.
   Weights that become NaN or infinite stop the run with exit code 1 before they are saved.
+
+data-parallel training (torchrun):
+  torchrun --standalone --nproc-per-node N -m topo_ep train FILE ... trains on N ranks, each
+  on its shard of every batch, gradients all-reduced (gloo on the CPU, nccl on CUDA; see
+  --dist-backend). Rank 0 alone writes OUT; --resume works the same way.
 """
 
 

@@ -154,6 +154,10 @@ class DataParallel:
     def distributed(self) -> bool:
         return self.world_size > 1
 
+    def describe(self) -> dict[str, Any]:
+        """The number of ranks and the backend, for ``config.yaml``."""
+        return {"ranks": self.world_size, "backend": self.backend}
+
     # ------------------------------------------------------------------ batches
     def shard(self, x: Tensor, y: Tensor) -> Shard:
         """This rank's rows of a global batch (a placeholder row of weight 0 if it has none)."""

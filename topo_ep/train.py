@@ -172,13 +172,18 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def write_config(path: Path, spec: TopologySpec, settings: RunSettings) -> None:
-    """Write the resolved topology, the run settings and the package versions as YAML."""
+def write_config(
+    path: Path, spec: TopologySpec, settings: RunSettings, ranks: dict[str, Any] | None = None
+) -> None:
+    """Write the resolved topology, the run settings and the package versions as YAML, and
+    the ranks of a data-parallel run (``ranks``: their number and backend)."""
     document = {
         "topology": spec.to_dict(),
         "run": asdict(settings),
         "versions": package_versions(),
     }
+    if ranks is not None:
+        document["data_parallel"] = ranks
     write_text_atomic(path, yaml.safe_dump(document, sort_keys=False))
 
 
@@ -509,7 +514,8 @@ class Trainer:
         lock.acquire()
         try:
             remove_stale_temps(self.out_dir)
-            write_config(self.out_dir / "config.yaml", self.spec, self.settings)
+            ranks = self.parallel.describe() if self.parallel.distributed else None
+            write_config(self.out_dir / "config.yaml", self.spec, self.settings, ranks)
             self._rewrite_metrics()
             if self.start_epoch > 1:
                 pause_point("resumed", self.start_epoch)
