@@ -5,7 +5,8 @@ A run directory holds
 - ``metrics.jsonl``: one JSON line per epoch (``epoch``, ``train_loss``, ``train_acc``,
   ``val_acc``, ``test_acc``, ``seconds``, ``free_steps``, ``nudged_steps``; accuracies are
   fractions in [0, 1], null for an empty split, step counts are means over the epoch's batches);
-- ``config.yaml``: the fully resolved topology, the run settings and the package versions;
+- ``config.yaml``: the fully resolved topology, the run settings and the package versions
+  (and ``data_parallel``: the ranks and backend of a torchrun launch);
 - ``checkpoint.pt``: model, optimizer and metrics after the last finished epoch, written
   atomically.
 
