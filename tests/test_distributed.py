@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,15 @@ from tests import hostile
 from topo_ep.checkpoint import load_checkpoint
 from topo_ep.compiler import compile_topology
 from topo_ep.data import load_dataset
-from topo_ep.distributed import DataParallel, shard_range, with_agreement
+from topo_ep.distributed import (
+    DataParallel,
+    backend_for,
+    process_group,
+    rank_device,
+    shard_range,
+    with_agreement,
+)
+from topo_ep.errors import TopoEpError
 from topo_ep.learn import make_method
 from topo_ep.loader import load_topology
 from topo_ep.train import RunSettings, Trainer
@@ -170,6 +179,41 @@ def test_a_single_process_is_unchanged_and_agrees_with_nothing(tmp_path):
     assert with_agreement(method, None) is method
 
 
+def test_the_backend_follows_the_device_unless_asked_for():
+    assert backend_for(torch.device("cpu"), "auto") == "gloo"
+    assert backend_for(torch.device("cuda:1"), "auto") == "nccl"
+    assert backend_for(torch.device("cuda:0"), "gloo") == "gloo"
+    with pytest.raises(TopoEpError, match="nccl needs CUDA"):
+        backend_for(torch.device("cpu"), "nccl")
+    assert rank_device("auto", 3, cuda_available=True) == "cuda:3"
+    assert rank_device("auto", 3, cuda_available=False) == "cpu"
+    assert rank_device("cuda", 1, cuda_available=True) == "cuda:1"
+    for name, message in [("cuda:0", "local rank"), ("cuda", "no CUDA"), ("tpu", "unknown")]:
+        with pytest.raises(TopoEpError, match=message):
+            rank_device(name, 0, cuda_available=False)
+
+
+def test_without_torchrun_there_is_one_process_and_no_backend_to_choose(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    with process_group("cpu", "auto") as parallel:
+        assert parallel == DataParallel.single()
+    with pytest.raises(TopoEpError, match="launched with torchrun"), process_group("cpu", "gloo"):
+        pass
+
+
+def test_a_method_that_cannot_agree_its_stop_is_warned_about(tmp_path):
+    spec = load_topology(_topology(tmp_path, tolerance="1e-4"))
+    ranks = DataParallel(0, 2, 0, "gloo")
+    with pytest.warns(RuntimeWarning, match="cannot agree the stop"):
+        with_agreement(make_method("implicit", spec), ranks.agreement)
+    fixed = load_topology(_topology(tmp_path / "fixed"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with_agreement(make_method("implicit", fixed), ranks.agreement)
+        with_agreement(make_method("bp", spec), ranks.agreement)
+
+
 # ------------------------------------------------------------------------------ torchrun launches
 @pytest.mark.parametrize("method", ["ep", "bp"])
 def test_two_ranks_train_the_weights_of_one_process(tmp_path, method):
@@ -215,7 +259,8 @@ def test_two_nodes_of_one_rank_on_localhost_train_the_weights_of_one_process(tmp
 @pytest.mark.slow
 def test_a_rank_killed_after_epoch_1_then_resumed_ends_as_an_uninterrupted_run(tmp_path):
     """kill -9 of rank 0 once epoch 1 is committed ends the job with a message from rank 1;
-    --resume under the same launch ends bit-identical to an uninterrupted 2-rank run."""
+    a --resume that rank 0 refuses (another seed) stops both ranks; --resume under the same
+    launch ends bit-identical to an uninterrupted 2-rank run."""
     topology = _topology(tmp_path)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     _two_ranks(topology, whole, "ep", 2)
@@ -231,6 +276,12 @@ def test_a_rank_killed_after_epoch_1_then_resumed_ends_as_an_uninterrupted_run(t
     assert "rank 1 of 2: lost contact with the other ranks" in err or "rank 1: terminated" in err
     assert load_checkpoint(broken)["epoch"] == 1
     assert len((broken / "metrics.jsonl").read_text().splitlines()) == 1
+
+    refused = _torchrun(launch, _train_args(topology, broken, "ep", 2, "--resume", "--seed", "1"))
+    _, err = refused.communicate(timeout=180)
+    assert refused.returncode != 0
+    assert "--seed: 0 in the checkpoint, 1 now" in err  # rank 0's refusal
+    assert "rank 1: rank 0 stopped the run (CheckpointError" in err  # and rank 1's
 
     _two_ranks(topology, broken, "ep", 2, "--resume")
     a, b = load_checkpoint(whole), load_checkpoint(broken)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -353,10 +354,25 @@ def weight_checksum(params: Sequence[Tensor], device: torch.device) -> Tensor:
 
 def with_agreement(method: T, agree: Callable[[Tensor], Tensor] | None) -> T:
     """``method`` with its ``agree`` set, when the method has that field (converged phases
-    all-reduce their stop test through it); unchanged otherwise or when ``agree`` is ``None``."""
+    all-reduce their stop test through it); unchanged otherwise or when ``agree`` is ``None``.
+
+    A method that stops on a tolerance (a ``tolerance`` > 0 field) but cannot agree gets a
+    warning: its ranks stop their phases at different steps, so the run depends on the
+    sharding (it is still a correct data-parallel run, not the single-process one).
+    """
     if agree is None or not dataclasses.is_dataclass(method):
         return method
-    if "agree" not in {f.name for f in dataclasses.fields(method)}:
+    names = {f.name for f in dataclasses.fields(method)}
+    if "agree" not in names:
+        if float(getattr(method, "tolerance", 0.0) or 0.0) > 0:
+            warnings.warn(
+                f"--method {getattr(method, 'name', '?')} stops its phases on a tolerance but "
+                "cannot agree the stop over the ranks: each rank stops at its own step, so the "
+                "run is not step for step the single-process one (use --set "
+                "dynamics.tolerance=0 for fixed step counts)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return method
     return dataclasses.replace(method, agree=agree)  # type: ignore[type-var]
 
