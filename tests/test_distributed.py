@@ -215,7 +215,7 @@ def test_a_method_that_cannot_agree_its_stop_is_warned_about(tmp_path):
 
 
 # ------------------------------------------------------------------------------ torchrun launches
-@pytest.mark.parametrize("method", ["ep", "bp"])
+@pytest.mark.parametrize("method", ["ep", "bp", "bptt", "implicit"])
 def test_two_ranks_train_the_weights_of_one_process(tmp_path, method):
     """3 Adam steps in float64; batches of 15 split 8 / 7, and a last batch of 1."""
     topology = _topology(tmp_path)
