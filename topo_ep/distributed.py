@@ -291,8 +291,9 @@ class DataParallel:
         """Run ``action`` on rank 0 alone and hand its result to every rank.
 
         When it raises a :class:`TopoEpError` or :class:`RunFailedError`, rank 0 re-raises it
-        and the other ranks raise :class:`PeerStoppedError` (rank 0's message says why), so a
-        refused run directory or checkpoint stops every rank at once.
+        and the other ranks raise :class:`PeerStoppedError` (or a :class:`RunFailedError`, for
+        the same exit code) naming the error's class; rank 0's message says why. So a refused
+        run directory or checkpoint stops every rank at once.
         """
         if not self.distributed:
             return action()
@@ -306,9 +307,10 @@ class DataParallel:
             return result
         outcome, payload = self.broadcast(None)
         if outcome != "ok":
-            raise PeerStoppedError(
-                f"rank {self.rank}: rank 0 stopped the run ({payload}; its message says why)"
-            )
+            message = f"rank {self.rank}: rank 0 stopped the run ({payload}; its message says why)"
+            if payload == RunFailedError.__name__:
+                raise RunFailedError(message)
+            raise PeerStoppedError(message)
         return payload
 
     # ------------------------------------------------------------------ evaluation
