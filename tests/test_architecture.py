@@ -52,7 +52,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "learn.implicit",
     ),
     # runs, checks and analyses
-    ("train", "evaluate", "gradcheck", "testing"),
+    ("param_groups", "train", "evaluate", "gradcheck", "testing"),
     (
         "analysis",
         "analysis.tangent",

@@ -142,10 +142,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from topo_ep.compiler import compile_topology
     from topo_ep.loader import load_topology
+    from topo_ep.param_groups import param_groups
 
     spec = load_topology(args.file, overrides=args.overrides)
     net = compile_topology(spec, seed=args.seed)
     print(net.describe())
+    groups = param_groups(net)
+    schedule = "" if spec.training.lr_schedule == "constant" else ", scaled by the schedule"
+    print(
+        f"optimizer {spec.training.optimizer}, {len(groups)} parameter group"
+        f"{'s' if len(groups) != 1 else ''} (base learning rate{schedule}):"
+    )
+    for group in groups:
+        print(f"  {group.describe()}")
     balance = net.balance
     if balance.balanced and balance.scales is not None:
         scales = ", ".join(f"{name} {value:.4g}" for name, value in balance.scales.items())
