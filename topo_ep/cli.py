@@ -168,13 +168,14 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         default=None,
-        help="digits, mnist or fashion-mnist (default: the topology's input.dataset, else digits)",
+        help="digits, mnist, fashion-mnist or cifar10 (default: the topology's input.dataset, "
+        "else digits)",
     )
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="directory with the IDX files (mnist, fashion-mnist; default: $TOPO_EP_DATA, "
-        "else ./data)",
+        help="directory with the IDX files (mnist, fashion-mnist) or the binary CIFAR-10 batches "
+        "(data_batch_*.bin, test_batch.bin; default: $TOPO_EP_DATA, else ./data)",
     )
 
 

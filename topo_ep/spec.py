@@ -24,7 +24,7 @@ ERROR_MODES = ("held", "reread")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 #: Datasets the loaders know (:func:`topo_ep.data.load_dataset`).
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
 @dataclass(frozen=True)
