@@ -4,11 +4,14 @@ each group, exact resume, the round trips and ``topo-ep compile``."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from topo_ep.checkpoint import load_checkpoint
 from topo_ep.cli import main
@@ -19,7 +22,9 @@ from topo_ep.learn import make_method
 from topo_ep.loader import dump_topology, loads_topology
 from topo_ep.param_groups import make_optimizer, param_groups, schedule_factor, tensor_rate
 from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
+from topo_ep.testing import topologies
 from topo_ep.train import RunSettings, Trainer
+from topo_ep.validate import spec_from_dict
 
 #: digits, 64-12-10-10, per-tensor rates: three edge/readout rates, one bias rate, one
 #: weight decay. The readout and the first edge share nothing but the optimizer.
@@ -206,3 +211,50 @@ def test_compile_prints_the_groups(tmp_path: Path, capsys: pytest.CaptureFixture
         "  lr 0.2, weight_decay 0: bias:h1",
     ):
         assert line + "\n" in out
+
+
+#: A few rates, so that draws often share one and groups merge.
+_RATES = st.sampled_from([None, 0.01, 0.035, 0.9])
+_DECAYS = st.sampled_from([None, 0.0, 1e-5])
+
+
+@st.composite
+def _with_rates(draw: st.DrawFn, spec):
+    """``spec`` with drawn ``lr`` / ``weight_decay`` on its learned edges, its biased layers
+    and its readout."""
+
+    def rated(item):
+        return dataclasses.replace(item, lr=draw(_RATES), weight_decay=draw(_DECAYS))
+
+    edges = tuple(rated(edge) if edge.learned and not edge.is_tied else edge for edge in spec.edges)
+    layers = tuple(rated(layer) if layer.bias else layer for layer in spec.layers)
+    return dataclasses.replace(spec, edges=edges, layers=layers, readout=rated(spec.readout))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(topologies().flatmap(_with_rates))
+def test_drawn_rates_round_trip_and_group_every_tensor_once(spec) -> None:
+    plain = spec.to_dict()
+    assert spec_from_dict(plain) == spec
+    assert loads_topology(dump_topology(spec)) == spec
+    graph = to_graph(spec)
+    assert from_graph(graph, None, plain["dynamics"], plain["training"]) == spec
+    net = compile_topology(spec, dtype=torch.float64)
+    groups = param_groups(net)
+    settings_seen = [(g.lr, g.weight_decay) for g in groups]
+    assert len(set(settings_seen)) == len(groups), "one group per distinct setting"
+    learned = net.learned_tensors()
+    placed = {key: group for group in groups for key in group.keys}
+    assert sorted(map(str, placed)) == sorted(map(str, learned))
+    assert sum(len(g.keys) for g in groups) == len(learned)
+    t = spec.training
+    for key, group in placed.items():
+        if key.is_readout:
+            owner = spec.readout
+        elif key.kind == "bias":
+            owner = spec.layer(key.name)
+        else:
+            owner = next(edge for edge in spec.edges if edge.key == key.name)
+        assert group.lr == (t.lr if owner.lr is None else owner.lr)
+        decay = t.weight_decay if owner.weight_decay is None else owner.weight_decay
+        assert group.weight_decay == decay
