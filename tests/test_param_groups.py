@@ -103,6 +103,15 @@ def test_without_rates_one_group_in_parameter_order() -> None:
     assert (group["lr"], group["weight_decay"]) == (spec.training.lr, spec.training.weight_decay)
 
 
+def test_a_parameter_without_a_key_is_refused() -> None:
+    """Every nn.Parameter must be a learned tensor with a ParamKey: one the learners cannot
+    name would get no gradient, so the optimizer refuses it instead of skipping it silently."""
+    net = compile_topology(_spec())
+    net.extra = torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(RuntimeError, match="parameters without a ParamKey: extra"):
+        param_groups(net)
+
+
 def test_sgd_step_moves_each_tensor_by_its_own_rate() -> None:
     """One SGD step after an EP gradient, float64: each tensor moves by exactly
     -lr_group * grad (plus the weight decay of its group)."""

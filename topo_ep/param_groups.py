@@ -132,10 +132,12 @@ def param_groups(net: CompiledNetwork, spec: TopologySpec | None = None) -> list
     learned = net.learned_tensors()
     key_of = {id(tensor): key for key, tensor in learned.items()}
     ordered = list(net.parameters())
-    if len(key_of) != len(learned) or {id(p) for p in ordered} != set(key_of):
+    unnamed = [name for name, p in net.named_parameters() if id(p) not in key_of]
+    if unnamed or len(key_of) != len(learned) or len(ordered) != len(learned):
         raise RuntimeError(
-            "the network's parameters and its learned tensors differ: every nn.Parameter must "
-            "be listed by CompiledNetwork.learned_tensors() with its ParamKey"
+            "the network's parameters and its learned tensors differ (parameters without a "
+            f"ParamKey: {', '.join(unnamed) or 'none'}): every nn.Parameter must be listed "
+            "once by CompiledNetwork.learned_tensors(), under its ParamKey"
         )
     grouped: dict[tuple[float, float], list[tuple[ParamKey, Tensor]]] = {}
     for tensor in ordered:
