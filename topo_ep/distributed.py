@@ -469,6 +469,18 @@ def process_group(device_name: str, requested_backend: str) -> Iterator[DataPara
         dist.destroy_process_group()
 
 
+def on_cpu(value: Any) -> Any:
+    """``value`` with every tensor in it (in dicts, lists and tuples) copied to the CPU, so that
+    no rank unpickles tensors onto rank 0's GPU."""
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(item) for item in value)
+    return value
+
+
 class Resumable(Protocol):
     """What :func:`resume_on_every_rank` needs of a trainer."""
 
@@ -491,12 +503,14 @@ def resume_on_every_rank(trainer: Resumable, path: str | os.PathLike[str]) -> No
         trainer.resume(path)
         if not parallel.distributed:
             return None
-        return {
-            "model": trainer.net.state_dict(),
-            "optimizer": trainer.optimizer.state_dict(),
-            "metrics": trainer.metrics,
-            "start_epoch": trainer.start_epoch,
-        }
+        return on_cpu(
+            {
+                "model": trainer.net.state_dict(),
+                "optimizer": trainer.optimizer.state_dict(),
+                "metrics": trainer.metrics,
+                "start_epoch": trainer.start_epoch,
+            }
+        )
 
     state = parallel.from_main(read)
     if parallel.is_main or state is None:
