@@ -664,10 +664,15 @@ def _interrupted(args: argparse.Namespace, exc: KeyboardInterrupt) -> str:
 
     what = "terminated (SIGTERM)" if exit_code(exc) != 130 else "interrupted (Ctrl-C)"
     if args.command == "train" and launched_by_torchrun():
+        why = (
+            " (torchrun stops every rank when one fails or the job is stopped)"
+            if exit_code(exc) != 130
+            else ""
+        )
         return (
-            f"rank {os.environ.get('RANK')}: {what}: torchrun stops every rank when one fails or "
-            f"the job is stopped; the epoch in progress was abandoned; {args.out} keeps the last "
-            "finished epoch, if any (continue with --resume under the same torchrun command)"
+            f"rank {os.environ.get('RANK')}: {what}{why}: the epoch in progress was abandoned; "
+            f"{args.out} keeps the last finished epoch, if any (continue with --resume under "
+            "the same torchrun command)"
         )
     if args.command == "train":
         return (
