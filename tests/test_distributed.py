@@ -300,3 +300,18 @@ def test_a_rank_killed_after_epoch_1_then_resumed_ends_as_an_uninterrupted_run(t
 
     assert without_seconds(whole) == without_seconds(broken)
     assert hostile.temp_files(broken) == []
+
+
+def test_a_rank_stopped_by_torchrun_says_so(monkeypatch):
+    import argparse
+
+    from topo_ep.cli import _interrupted
+    from topo_ep.interrupts import Terminated
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = argparse.Namespace(command="train", out="runs/x")
+    said = _interrupted(args, Terminated())
+    assert said.startswith("rank 1: terminated (SIGTERM) (torchrun stops every rank when one")
+    assert "runs/x keeps the last finished epoch" in said and "--resume" in said
+    assert "torchrun stops" not in _interrupted(args, KeyboardInterrupt())
