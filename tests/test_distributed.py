@@ -96,14 +96,21 @@ def _two_ranks(topology: Path, out: Path, method: str, epochs: int = 1, *extra: 
     return _finish(_torchrun(launch, _train_args(topology, out, method, epochs, *extra)))
 
 
-def _single_process(topology: Path, method: str, epochs: int = 1) -> dict[str, torch.Tensor]:
+def _single_process(topology: Path, method: str, epochs: int = 1) -> Trainer:
     spec = load_topology(topology)
     data = load_dataset("digits", None, seed=0, limit=LIMIT)
     settings = RunSettings(method=method, epochs=epochs, device="cpu", dtype="float64", limit=LIMIT)
     trainer = Trainer(spec, data, settings, progress=False, log=lambda _: None)
     trainer.run()
     assert trainer.steps_taken == 3 * epochs
-    return trainer.net.state_dict()
+    return trainer
+
+
+def _assert_same_metrics(found: dict, expected: dict) -> None:
+    """Loss, accuracies (train, validation, test: sharded evaluation) and steps per phase."""
+    assert found["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-12)
+    for key in ("train_acc", "val_acc", "test_acc", "free_steps", "nudged_steps"):
+        assert found[key] == expected[key], key
 
 
 def _assert_close(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> float:
@@ -222,9 +229,10 @@ def test_two_ranks_train_the_weights_of_one_process(tmp_path, method):
     out = tmp_path / "run"
     printed = _two_ranks(topology, out, method)
     assert "2 ranks (gloo" in printed and printed.count("epoch 1: loss") == 1  # rank 0 alone prints
-    _assert_close(load_checkpoint(out)["model"], _single_process(topology, method))
+    single = _single_process(topology, method)
+    _assert_close(load_checkpoint(out)["model"], single.net.state_dict())
     record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
-    assert record["train_acc"] * LIMIT == pytest.approx(round(record["train_acc"] * LIMIT))
+    _assert_same_metrics(record, single.metrics[0])
     config = (out / "config.yaml").read_text()
     assert "data_parallel:\n  ranks: 2\n  backend: gloo" in config
 
@@ -253,7 +261,7 @@ def test_two_nodes_of_one_rank_on_localhost_train_the_weights_of_one_process(tmp
     ]
     printed = [_finish(process) for process in nodes]
     assert "2 ranks (gloo" in printed[0] and printed[1].strip() == ""
-    _assert_close(load_checkpoint(out)["model"], _single_process(topology, "ep"))
+    _assert_close(load_checkpoint(out)["model"], _single_process(topology, "ep").net.state_dict())
 
 
 @pytest.mark.slow
