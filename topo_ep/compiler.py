@@ -723,6 +723,13 @@ def compile_topology(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    feedback_scale: float | None = None,
 ) -> CompiledNetwork:
-    """Compile a topology into tensors and block operators (see :class:`CompiledNetwork`)."""
-    return CompiledNetwork(spec, seed=seed, dtype=dtype, device=device)
+    """Compile a topology into tensors and block operators (see :class:`CompiledNetwork`).
+
+    A topology with ``feedback_gain: {spectral_radius: r}`` has its feedback gains scaled to
+    that radius here, for the initial weights, unless ``feedback_scale`` gives the scale.
+    """
+    return CompiledNetwork(
+        spec, seed=seed, dtype=dtype, device=device, feedback_scale=feedback_scale
+    )
