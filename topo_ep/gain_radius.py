@@ -29,10 +29,10 @@ What the solver relies on:
   c = (r / rho(M(1)))^2: one eigensolve, and one more to measure the radius reached. Skips
   that jump several layers (``res_10x64``) and AGT links break the grading; there the radius
   grows like c^(1/4) or slower at small c.
-- **Otherwise, a bracketed root.** The root of ln rho(M(e^u)) - ln r in u = ln c is bracketed
-  by steps from the current scale (the first step assumes the sqrt law's slope 1/2, then the
-  step doubles), then found by Brent's method (:func:`scipy.optimize.brentq`: inverse
-  quadratic interpolation safeguarded by bisection) to a bracket of :data:`SCALE_XTOL` in u.
+- **Otherwise, a bracketed root.** The root of ln rho(M(e^u)) - ln r in u = ln c is
+  bracketed by steps from the current scale (the first for a slope of 1/4, then each twice
+  the last), then found by a safeguarded secant (:func:`_safeguarded_secant`: a step that
+  would leave the bracket, or slow progress, falls back to bisection, so it cannot diverge).
   rho(M(c)) need not be monotone in c; the bracket guarantees a root, and the one found is
   reported.
 
@@ -51,7 +51,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import brentq
 
 from topo_ep.blocks.base import Block
 from topo_ep.eigen import radius_of_map, uses_exact
@@ -61,18 +60,19 @@ from topo_ep.spec import INPUT, EdgeSpec
 
 #: The guarantee: the radius reached is within this relative error of the target.
 TOLERANCE = 1e-3
-#: Brent's method stops when its bracket in u = ln c is this narrow (the radius is then within
-#: about this relative error of the target, far inside :data:`TOLERANCE`).
-SCALE_XTOL = 1e-9
+#: The root search stops when |ln rho - ln r| is this small (a relative error of about as
+#: much, far inside :data:`TOLERANCE`) or its bracket in u = ln c this narrow.
+RESIDUAL_XTOL = 1e-7
+SCALE_XTOL = 1e-12
 #: Bracketing stops when the largest scaled feedback gain would exceed this: a target the
 #: radius has not reached by then is unreachable.
 MAX_SCALED_GAIN = 1e6
 #: Smallest scale tried when the radius must come down.
 MIN_SCALE = 1e-30
-#: Most eigensolves one solve may take (bracketing and Brent together).
+#: Most eigensolves one solve may take (bracketing and secant steps together).
 MAX_EVALUATIONS = 80
 #: Name of the exact solve on graded topologies, and of the general one.
-SQRT_LAW, BRENT = "sqrt law", "brent"
+SQRT_LAW, SECANT = "sqrt law", "secant"
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ class GainSolution:
     radius
         rho(M(c)), measured.
     method
-        :data:`SQRT_LAW` (graded topologies) or :data:`BRENT`.
+        :data:`SQRT_LAW` (graded topologies) or :data:`SECANT` (the bracketed secant).
     evaluations
         Eigensolves used.
     eigensolver
@@ -236,7 +236,7 @@ class ScaledOperator:
 
 
 class _CountedRadius:
-    """ln rho(M(e^u)) - ln r, remembered per u (Brent re-evaluates its bracket's ends)."""
+    """ln rho(M(e^u)) - ln r, with every radius computed remembered by u."""
 
     def __init__(self, operator: ScaledOperator, target: float) -> None:
         self.operator = operator
@@ -317,14 +317,17 @@ def solve_feedback_scale(
 def _solve_bracketed(
     operator: ScaledOperator, target: float, largest_scale: float, start: float, label: str
 ) -> GainSolution:
-    """Bracket the root of ln rho(M(e^u)) = ln r in u, then Brent's method."""
+    """Bracket the root of ln rho(M(e^u)) = ln r in u, then a safeguarded secant."""
     residual = _CountedRadius(operator, target)
     lowest, highest = math.log(MIN_SCALE), math.log(largest_scale)
     u0 = min(max(math.log(start), lowest), highest)
     g0 = residual(u0)
     if g0 != 0.0:
-        step = -2.0 * g0  # the sqrt law's slope, 1/2
-        step = math.copysign(min(max(abs(step), 0.05), 20.0), step)
+        # ln rho grows with slope 1/2 in u on graded graphs, about 1/4 or less at small c with
+        # skips and links: a first step for slope 1/4 brackets the root at once for slopes
+        # from 1/4 up
+        step = -4.0 * g0
+        step = math.copysign(min(max(abs(step), 1e-4), 20.0), step)
         while True:
             u1 = min(max(u0 + step, lowest), highest)
             g1 = residual(u1)
@@ -333,14 +336,42 @@ def _solve_bracketed(
             if u1 in (lowest, highest):
                 raise _unreachable(label, target, math.exp(u1), residual.radius(u1))
             u0, g0, step = u1, g1, 2.0 * step
-        if g1 == 0.0:
-            u0 = u1
-        else:
-            u0 = brentq(residual, min(u0, u1), max(u0, u1), xtol=SCALE_XTOL, maxiter=100)
+        u0 = u1 if g1 == 0.0 else _safeguarded_secant(residual, (u0, g0), (u1, g1))
     radius = residual.radius(u0)
     return GainSolution(
-        target, math.exp(u0), radius, BRENT, len(residual.radii), operator.eigensolver
+        target, math.exp(u0), radius, SECANT, len(residual.radii), operator.eigensolver
     )
+
+
+def _safeguarded_secant(
+    residual: _CountedRadius, first: tuple[float, float], second: tuple[float, float]
+) -> float:
+    """The root of ``residual`` in the bracket of two (u, g) pairs of opposite signs.
+
+    Each step is the secant through the last two points evaluated; a step that would leave
+    the bracket, or three steps that together did not halve it, are replaced by bisection, so
+    the bracket always holds a root and shrinks. Stops when |g| <= :data:`RESIDUAL_XTOL` or the
+    bracket is :data:`SCALE_XTOL` wide.
+    """
+    (a, ga), (b, gb) = sorted((first, second))
+    previous, last = first, second
+    widths = [b - a]
+    while True:
+        (u0, g0), (u1, g1) = previous, last
+        u = u1 - g1 * (u1 - u0) / (g1 - g0) if g1 != g0 else a
+        if not a < u < b or (len(widths) > 3 and widths[-1] > widths[-4] / 2):
+            u = 0.5 * (a + b)
+        g = residual(u)
+        if abs(g) <= RESIDUAL_XTOL:
+            return u
+        if (g > 0) == (gb > 0):
+            b, gb = u, g
+        else:
+            a, ga = u, g
+        if b - a <= SCALE_XTOL:
+            return a if abs(ga) <= abs(gb) else b
+        previous, last = last, (u, g)
+        widths.append(b - a)
 
 
 def _unreachable(label: str, target: float, scale: float, radius: float) -> TopoEpError:
