@@ -246,6 +246,22 @@ def test_a_target_beyond_the_largest_gain_is_an_error(graded):
         compile_topology(loads_topology(text, "t.yaml", [_target(1e9)]), dtype=F64)
 
 
+def test_a_target_needing_a_scale_below_the_smallest_is_an_error_on_a_chain():
+    spec = loads_topology(_chain(), "t.yaml", [_target(1e-200)])
+    with pytest.raises(TopoEpError, match="needs a feedback scale of 0 .* below the smallest"):
+        compile_topology(spec, dtype=F64)
+
+
+def test_arpack_on_the_matrix_free_operator_agrees_with_the_exact_solve():
+    spec = loads_topology(_chain("random", SKIP), "t.yaml", [_target(0.6)])
+    net = compile_topology(spec, seed=4, dtype=F64)
+    exact = net.gain_solution
+    arpack = net.solve_feedback_scale(method="arpack")
+    assert (exact.eigensolver, arpack.eigensolver) == ("exact", "arpack")
+    assert arpack.scale == pytest.approx(exact.scale, rel=1e-6)
+    assert net.feedback_scale == arpack.scale
+
+
 def test_a_target_below_what_the_eigensolver_resolves_is_an_error():
     """Below a skip's c^(1/4) growth the radius at the smallest scale tried stays above."""
     spec = loads_topology(_chain("tied", SKIP), "t.yaml", [_target(1e-200)])

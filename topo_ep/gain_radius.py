@@ -67,7 +67,7 @@ SCALE_XTOL = 1e-12
 #: Bracketing stops when the largest scaled feedback gain would exceed this: a target the
 #: radius has not reached by then is unreachable.
 MAX_SCALED_GAIN = 1e6
-#: Smallest scale tried when the radius must come down.
+#: Smallest scale allowed (and tried when the radius must come down).
 MIN_SCALE = 1e-30
 #: Most eigensolves one solve may take (bracketing and secant steps together).
 MAX_EVALUATIONS = 80
@@ -296,6 +296,12 @@ def solve_feedback_scale(
         if unit == 0.0:
             raise _unreachable(label, target, 1.0, 0.0)
         scale = (target / unit) ** 2
+        if scale < MIN_SCALE:
+            raise TopoEpError(
+                f"{label} = {target:g} cannot be reached: it needs a feedback scale of "
+                f"{scale:.3g} (rho = {unit:.4g} at the declared gains), below the smallest "
+                f"scale allowed, {MIN_SCALE:g}"
+            )
         if scale > largest_scale:
             radius = math.sqrt(largest_scale) * unit
             raise _unreachable(label, target, largest_scale, radius)
