@@ -29,7 +29,13 @@ from topo_ep.activations import Activation, get_activation
 from topo_ep.balance import Balance, analyse_balance, require_gain_factors
 from topo_ep.blocks import BLOCKS, READOUT, Block, BlockContext, BlockKind, Joined, ReadoutHead
 from topo_ep.errors import TopoEpError
-from topo_ep.gain_radius import GainSolution, ScaledOperator, layer_levels, solve_feedback_scale
+from topo_ep.gain_radius import (
+    GainSolution,
+    ScaledOperator,
+    layer_levels,
+    scale_lines,
+    solve_feedback_scale,
+)
 from topo_ep.graph import feedforward_order
 from topo_ep.initial import glorot_uniform, tensor_generator
 from topo_ep.layout import Layout
@@ -458,6 +464,7 @@ class CompiledNetwork(nn.Module):
         self.bindings = bindings
         self.spec = spec
         self.feedback_scale = scale
+        self.gain_solution = None
         for cached in ("balance", "gain_factors"):
             self.__dict__.pop(cached, None)
 
@@ -675,40 +682,9 @@ class CompiledNetwork(nn.Module):
         learned = sum(p.numel() for p in self.parameters())
         fixed = sum(b.numel() for b in self.buffers() if b.is_floating_point())
         lines.append(f"parameters: {learned} learned, {fixed} fixed")
-        lines.extend(self._feedback_scale_lines())
+        if self.feedback_scale is not None:
+            lines.extend(scale_lines(self.declared_spec, self.feedback_scale, self.gain_solution))
         return "\n".join(lines)
-
-    def _feedback_scale_lines(self) -> list[str]:
-        """What :meth:`describe` says of a target radius: the scale, the radius reached, how it
-        was solved, and each declared feedback gain with the gain chosen."""
-        target = self.declared_spec.feedback_gain
-        if target is None or self.feedback_scale is None:
-            return []
-        scale, solution = self.feedback_scale, self.gain_solution
-        head = (
-            f"feedback gains: scaled by c = {scale:.6g} for the target spectral radius "
-            f"{target.spectral_radius:g} of the hidden operator"
-        )
-        if target.every_epoch:
-            head += ", solved again after every epoch"
-        lines = [head]
-        if solution is not None and solution.scale == scale:
-            lines.append(
-                f"  radius reached {solution.radius:.7g} (relative error "
-                f"{solution.relative_error:.1e}; {solution.method}, {solution.evaluations} "
-                f"{solution.eigensolver} eigensolves)"
-            )
-        else:
-            lines.append("  c as given (a checkpoint's); not solved here")
-        chosen: dict[float, list[float]] = {}
-        for edge in self.declared_spec.edges:
-            if edge.kind == "feedback":
-                chosen.setdefault(edge.gain, []).append(edge.gain * scale)
-        for declared, gains in sorted(chosen.items()):
-            lines.append(
-                f"  declared gain {declared:g} -> {gains[0]:.6g} ({len(gains)} feedback edges)"
-            )
-        return lines
 
 
 def _block_line(block: Block) -> str:

@@ -56,7 +56,7 @@ from topo_ep.blocks.base import Block
 from topo_ep.eigen import radius_of_map, uses_exact
 from topo_ep.errors import TopoEpError
 from topo_ep.layout import Layout
-from topo_ep.spec import INPUT, EdgeSpec
+from topo_ep.spec import INPUT, EdgeSpec, TopologySpec
 
 #: The guarantee: the radius reached is within this relative error of the target.
 TOLERANCE = 1e-3
@@ -398,3 +398,34 @@ def _unreachable(label: str, target: float, scale: float, radius: float) -> Topo
             "what the eigensolver resolves for this operator"
         )
     return TopoEpError(f"{label} = {target:g} cannot be reached: {why}")
+
+
+def scale_lines(declared: TopologySpec, scale: float, solution: GainSolution | None) -> list[str]:
+    """What ``topo-ep compile`` says of a target radius: the scale c, the radius reached and how
+    it was solved (``solution``, or ``None`` for a scale given, such as a checkpoint's), and
+    each declared feedback gain with the gain chosen."""
+    target = declared.feedback_gain
+    if target is None:
+        return []
+    head = (
+        f"feedback gains: scaled by c = {scale:.6g} for the target spectral radius "
+        f"{target.spectral_radius:g} of the hidden operator"
+    )
+    if target.every_epoch:
+        head += ", solved again after every epoch"
+    lines = [head]
+    if solution is not None:
+        lines.append(
+            f"  radius reached {solution.radius:.7g} (relative error "
+            f"{solution.relative_error:.1e}; {solution.method}, {solution.evaluations} "
+            f"{solution.eigensolver} eigensolves)"
+        )
+    else:
+        lines.append("  c as given (a checkpoint's); not solved here")
+    chosen: dict[float, int] = {}
+    for edge in declared.edges:
+        if edge.kind == "feedback":
+            chosen[edge.gain] = chosen.get(edge.gain, 0) + 1
+    for gain, count in sorted(chosen.items()):
+        lines.append(f"  declared gain {gain:g} -> {gain * scale:.6g} ({count} feedback edges)")
+    return lines
