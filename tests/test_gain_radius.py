@@ -416,3 +416,27 @@ def test_a_checkpoint_with_a_bad_scale_is_refused(every_epoch_runs, tmp_path, sc
     save_atomic(payload, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="'feedback_scale' must be a positive finite"):
         load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+@pytest.mark.parametrize(
+    ("function", "bracket", "root"),
+    [
+        (lambda u: 0.5 * (u - 0.2), (-5.0, 3.0), 0.2),  # the sqrt law: linear in u
+        (lambda u: max(u - 1.0, 0.01 * (u - 1.0)), (-30.0, 2.0), 1.0),  # a kink, a flat side
+        (lambda u: (u - 0.3) * (u - 2.0) * (u + 3.0) / 10.0, (0.0, 1.0), 0.3),
+        (lambda u: math.copysign(abs(u - 0.7) ** 0.2, u - 0.7), (-1.0, 4.0), 0.7),  # steep
+    ],
+    ids=["linear", "kink", "cubic", "steep"],
+)
+def test_the_safeguarded_secant_finds_the_root_inside_its_bracket(function, bracket, root):
+    calls = []
+
+    def residual(u):
+        calls.append(u)
+        return function(u)
+
+    a, b = bracket
+    found = gain_radius._safeguarded_secant(residual, (a, function(a)), (b, function(b)))
+    assert all(a <= u <= b for u in calls)
+    assert abs(function(found)) <= gain_radius.RESIDUAL_XTOL or abs(found - root) <= 1e-9
+    assert len(calls) < gain_radius.MAX_EVALUATIONS

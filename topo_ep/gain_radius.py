@@ -46,7 +46,7 @@ v -> F v + c B v beyond. The radius reached is always measured, and a relative e
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -350,7 +350,7 @@ def _solve_bracketed(
 
 
 def _safeguarded_secant(
-    residual: _CountedRadius, first: tuple[float, float], second: tuple[float, float]
+    residual: Callable[[float], float], first: tuple[float, float], second: tuple[float, float]
 ) -> float:
     """The root of ``residual`` in the bracket of two (u, g) pairs of opposite signs.
 
