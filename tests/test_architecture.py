@@ -38,7 +38,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "blocks.readout",
     ),
     # compiling into tensors and block operators, and their spectrum
-    ("compiler", "spectral"),
+    ("compiler", "spectral", "eigen", "gain_radius"),
     # relaxation
     ("engine", "energy", "fixed_points"),
     # learners
