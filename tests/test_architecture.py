@@ -36,6 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "blocks.dense",
         "blocks.sparse",
         "blocks.readout",
+        "blocks.bias",
     ),
     # compiling into tensors and block operators, and their spectrum
     ("compiler", "spectral"),
