@@ -37,6 +37,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "blocks.sparse",
         "blocks.readout",
         "blocks.bias",
+        "blocks.pooling",
+        "blocks.conv",
     ),
     # compiling into tensors and block operators, and their spectrum
     ("compiler", "spectral"),
