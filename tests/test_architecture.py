@@ -39,6 +39,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "blocks.bias",
         "blocks.pooling",
         "blocks.conv",
+        "blocks.pooled",
     ),
     # compiling into tensors and block operators, and their spectrum
     ("compiler", "spectral"),

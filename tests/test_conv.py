@@ -5,12 +5,16 @@ need of states. Whole networks against their dense twins are in ``test_conv_refe
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from topo_ep.blocks import ConvBlock, Joined
 from topo_ep.compiler import compile_topology
 from topo_ep.errors import TopoEpError, TopologyError
+from topo_ep.learn import make_method
 from topo_ep.loader import loads_topology
 
 TOPOLOGY = """
@@ -177,3 +181,77 @@ def test_the_kernel_is_drawn_from_its_own_generator():
     assert isinstance(first.block_of("h1->h2:forward"), ConvBlock)
     torch.testing.assert_close(one, second.weight_of("h1->h2:forward"), rtol=0, atol=0)
     assert one.abs().max() <= 1 / (4 * 9) ** 0.5 and one.std() > 0.05
+
+
+# ---------------------------------------------------------------------------- pooled readout
+READOUT = (
+    TOPOLOGY.replace(
+        "readout: {from: h2, size: 3}",
+        "readout: {from: h2, size: 3, block: {kind: pooled, pool: {kind: READ, size: 2}}}",
+    )
+    .replace("[4, 2, 2]", "[4, 4, 4]")
+    .replace("kernel: 3, pool", "kernel: 1, pool")
+)
+
+
+def readout_network(pool: str):
+    spec = loads_topology(READOUT.replace("POOL", "max").replace("READ", pool))
+    return compile_topology(spec, seed=2, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+def test_the_pooled_readout_and_its_transpose_are_adjoint_at_the_state(pool):
+    net = readout_network(pool)
+    block, feedback = net.head.block, net.head.nudge_block
+    state, error = draw(5, 64, seed=1), draw(5, 3, seed=2)
+    logits = block.apply(state)
+    grid = state.reshape(5, 4, 4, 4)
+    pooled = F.max_pool2d(grid, 2) if pool == "max" else F.avg_pool2d(grid, 2)
+    torch.testing.assert_close(logits, pooled.reshape(5, 16) @ block.weight.t())
+    back = feedback.apply(error, Joined(None, state))
+    # <error, A_s x> = <A_s^T error, x> for any x, A_s pooling at the argmax of s
+    x = draw(5, 64, seed=3)
+    forward = feedback.adjoint(x, Joined(None, state))
+    torch.testing.assert_close((error * forward).sum(), (back * x).sum(), rtol=1e-12, atol=0)
+    if pool == "max":  # the nudge lands on one unit per window: the argmax of the state
+        index = F.max_pool2d(grid, 2, return_indices=True)[1]
+        argmax = F.max_unpool2d(torch.ones_like(pooled), index, 2, output_size=(4, 4)) != 0
+        landed = back.reshape(5, 4, 4, 4) != 0
+        assert bool((landed <= argmax).all()) and int(argmax.sum()) == 5 * 16
+        with pytest.raises(TopoEpError, match="needs the current state of h2"):
+            feedback.apply(error)
+        with pytest.raises(TopoEpError, match="no state-independent matrix"):
+            net.nudge_matrix()
+    else:
+        torch.testing.assert_close(net.nudge_matrix(), block.dense(), rtol=0, atol=0)
+    post = draw(5, 3, seed=4)
+    (expected,) = torch.autograd.grad((post * block.apply(x)).sum(), [block.weight])
+    torch.testing.assert_close(block.outer(post, x), expected, rtol=1e-12, atol=1e-14)
+    (expected,) = torch.autograd.grad(
+        (x * feedback.apply(post, Joined(None, state))).sum(), [block.weight]
+    )
+    got = feedback.outer(x, post, Joined(None, state))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_a_pooled_block_needs_a_channel_layer():
+    text = READOUT.replace("POOL", "max").replace("READ", "max")
+    text = text.replace("{name: h2, shape: [4, 4, 4], bias: true}", "{name: h2, size: 64}")
+    text = text.replace("{kind: conv, kernel: 1, pool: {kind: max, size: 2}}", "{kind: dense}")
+    with pytest.raises(TopologyError, match=r"h2 has shape \[64\]") as caught:
+        loads_topology(text)
+    assert caught.value.kind == "size-mismatch"
+
+
+def test_ep_trains_through_the_max_pooled_readout_with_the_error_reread():
+    """One EP step on the pooled readout with ``error: reread`` moves every learned tensor."""
+    net = readout_network("max")
+    spec = dataclasses.replace(
+        net.spec, training=dataclasses.replace(net.spec.training, error="reread")
+    )
+    method = make_method("ep", spec)
+    x = torch.rand(6, 100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = method.gradients(net, x, torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert torch.isfinite(result.loss)
+    for name, tensor in net.named_parameters():
+        assert tensor.grad is not None and tensor.grad.abs().max() > 0, name

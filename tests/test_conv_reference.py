@@ -6,7 +6,8 @@ same EP updates and the same BP gradients to 1e-12, with tied and with random fe
 average pooling and for max pooling at frozen argmax indices (one fixed index pattern for every
 example, so that the max-pooled network is linear). A gradient G of a dense twin's matrix is
 compared with the conv block's kernel gradient through the chain rule, d/dK sum(A(K) * G), with
-A(K) built differentiably from the unit vectors.
+A(K) built differentiably from the unit vectors. The readout is a ``pooled`` block (the paper's
+readout of the pooled top layer), whose tied transpose carries the nudge back unpooled.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from topo_ep.blocks import ConvBlock
+from topo_ep.blocks import ConvBlock, PooledBlock
 from topo_ep.blocks.pooling import Pooling
 from topo_ep.compiler import CompiledNetwork, compile_topology
 from topo_ep.learn import make_method
 from topo_ep.learn.bp import bp_gradients
 from topo_ep.loader import loads_topology
-from topo_ep.params import ParamKey
+from topo_ep.params import READOUT_WEIGHT, ParamKey
 from topo_ep.spec import BlockSpec
 
 TOL = 1e-12
@@ -32,11 +33,16 @@ TOPOLOGY = """
 name: conv_reference
 input: {shape: [1, 10, 10]}
 layers:
-  - {name: h1, shape: [4, 8, 8], bias: true}
+  - {name: h1, shape: [4, 9, 9], bias: true}
   - {name: h2, shape: [4, 3, 3], bias: true}
-readout: {from: h2, size: 3, bias: true, feedback: FEEDBACK}
+readout:
+  from: h2
+  size: 3
+  bias: true
+  feedback: FEEDBACK
+  block: {kind: pooled, pool: {kind: POOL, size: 2}}
 edges:
-  - {source: input, target: h1, block: {kind: conv, kernel: 3}}
+  - {source: input, target: h1, block: {kind: conv, kernel: 2}}
   - {source: h1, target: h2, block: {kind: conv, kernel: 2, pool: {kind: POOL, size: 2}}}
   - {source: h2, target: h1, kind: feedback, feedback: FEEDBACK, gain: 0.4}
   - {source: input, target: h2, kind: skip, block: {kind: conv, kernel: 2, stride: 3}}
@@ -48,6 +54,7 @@ CASES = [
     ("avg", "tied", "held", "one-sided", "paper"),
     ("avg", "random", "reread", "symmetric", "contrast"),
     ("max", "tied", "reread", "one-sided", "paper"),
+    ("max", "tied", "held", "symmetric", "paper"),
     ("max", "random", "held", "symmetric", "contrast"),
 ]
 
@@ -91,11 +98,11 @@ def frozen_max(monkeypatch):
     freeze(monkeypatch)
 
 
-def implied(block: ConvBlock, grad: bool = False) -> torch.Tensor:
-    """A (rows, cols) without the gain: the block's forward map applied to the unit vectors
-    (differentiable in the kernel when ``grad``)."""
+def implied(block: ConvBlock | PooledBlock, grad: bool = False) -> torch.Tensor:
+    """A (rows, cols) without the gain: the block applied to the unit vectors (differentiable
+    in its parameter when ``grad``)."""
     with torch.set_grad_enabled(grad):
-        return block.forward_map(torch.eye(block.cols, dtype=torch.float64)).t()
+        return block.apply(torch.eye(block.cols, dtype=torch.float64)).t() / block.gain
 
 
 def dense_twin(net: CompiledNetwork) -> CompiledNetwork:
@@ -115,7 +122,7 @@ def dense_twin(net: CompiledNetwork) -> CompiledNetwork:
             twin.weight_of(key).copy_(matrix)
         for name, bias in net.biases.items():
             twin.biases[name].copy_(bias)
-        twin.readout_weight.copy_(net.readout_weight)
+        twin.readout_weight.copy_(implied(net.head.block))
         twin.readout_bias.copy_(net.readout_bias)
         if net.readout_feedback is not None:
             twin.readout_feedback.copy_(net.readout_feedback)
@@ -124,10 +131,13 @@ def dense_twin(net: CompiledNetwork) -> CompiledNetwork:
 
 def as_conv_gradient(net: CompiledNetwork, key: ParamKey, dense: torch.Tensor) -> torch.Tensor:
     """The kernel gradient a dense twin's matrix gradient G implies: d/dK sum(A(K) * G)."""
-    if key.kind != "edge":
+    if key == READOUT_WEIGHT:
+        block = net.head.block
+    elif key.kind == "edge":
+        block = net.block_of(key.name)
+    else:
         return dense
-    block = net.block_of(key.name)
-    if not isinstance(block, ConvBlock):
+    if not isinstance(block, (ConvBlock, PooledBlock)):
         return dense
     (grad,) = torch.autograd.grad((implied(block, grad=True) * dense).sum(), [block.weight])
     return grad

@@ -291,3 +291,43 @@ def _pool(check: FieldChecker, value: Any, path: tuple) -> Options:
     kind = check.get(data, path, "kind", lambda v, p: check.choice(v, p, POOL_KINDS))
     size = check.get(data, path, "size", lambda v, p: check.integer(v, p, 1, CONV_LIMIT))
     return (("kind", kind), ("size", size))
+
+
+@BLOCK_KINDS.register("pooled")
+def pooled_options(
+    check: FieldChecker, data: Mapping[str, Any], path: tuple, where: Placement
+) -> Options:
+    """A dense matrix W (target size x pooled source size) applied after pooling the source:
+    ``g W pool(x)``. The source is arranged as ``[C, H, W]``; ``pool: {kind: max|avg, size: n}``
+    is required. The paper's readout reads max-pool(h2) this way."""
+    check.mapping(data, path, ("kind", "pool"), ("pool",), "pooled block mapping")
+    pool = check.get(data, path, "pool", lambda v, p: _pool(check, v, p))
+    if where.init == "identity":
+        raise check.error(
+            "invalid-value",
+            "init: identity needs a dense block; a pooled block starts from glorot_uniform "
+            "or zeros",
+            path + ("kind",),
+        )
+    if len(where.source_grid) != 3:
+        raise check.error(
+            "size-mismatch",
+            f"a pooled block pools a layer arranged as [channels, height, width]; "
+            f"{where.source} has shape {list(where.source_grid)} (declare 'shape: [C, H, W]')",
+            path + ("kind",),
+        )
+    size = dict(pool)["size"]
+    channels, height, width = where.source_grid
+    if height // size < 1 or width // size < 1:
+        raise check.error(
+            "size-mismatch",
+            f"a {size}x{size} pooling leaves nothing of {where.source} {list(where.source_grid)}",
+            path + ("pool", "size"),
+        )
+    return (("pool", pool),)
+
+
+def pooled_shape(options: Options, source: tuple[int, ...]) -> tuple[int, int, int]:
+    """``[C, H // n, W // n]``: the shape of a pooled block's source after its pooling."""
+    size = dict(dict(options)["pool"])["size"]
+    return (source[0], source[1] // size, source[2] // size)

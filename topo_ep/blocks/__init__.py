@@ -7,7 +7,8 @@ tensors, their initialisation, its products, the tied transpose it offers to a f
 the whole contract. The compiler, the engine and the learners only call that protocol.
 
 Importing this package registers the shipped kinds: ``dense`` (:mod:`topo_ep.blocks.dense`),
-``sparse`` (:mod:`topo_ep.blocks.sparse`) and ``conv`` (:mod:`topo_ep.blocks.conv`).
+``sparse`` (:mod:`topo_ep.blocks.sparse`), ``conv`` (:mod:`topo_ep.blocks.conv`) and ``pooled``
+(:mod:`topo_ep.blocks.pooled`).
 """
 
 from topo_ep.blocks.base import BLOCKS, Block, BlockContext, BlockKind, Joined, build_block
@@ -16,8 +17,10 @@ from topo_ep.blocks.readout import READOUT, ReadoutHead
 from topo_ep.blocks.sparse import SparseBlock, SparseTransposeBlock
 
 # isort: split
-# Registration order is the order of the kinds in messages and docs: conv after the two above.
+# Registration order is the order of the kinds in messages and docs: conv and pooled after
+# the two above.
 from topo_ep.blocks.conv import ConvBlock, ConvTransposeBlock
+from topo_ep.blocks.pooled import PooledBlock, PooledTransposeBlock
 
 __all__ = [
     "BLOCKS",
@@ -29,6 +32,8 @@ __all__ = [
     "ConvTransposeBlock",
     "DenseBlock",
     "Joined",
+    "PooledBlock",
+    "PooledTransposeBlock",
     "ReadoutHead",
     "SparseBlock",
     "SparseTransposeBlock",
