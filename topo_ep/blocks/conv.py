@@ -144,12 +144,14 @@ class ConvBlock(nn.Module):
         return self.weight
 
     # ------------------------------------------------------------------ maps without the gain
-    def forward_map(self, x: Tensor) -> Tensor:
-        """conv_K(P x) for x (batch, C_in H W), flat (batch, C_out H_o W_o)."""
+    def forward_map(self, x: Tensor, scale: float = 1.0) -> Tensor:
+        """scale * conv_K(P x) for x (batch, C_in H W), flat (batch, C_out H_o W_o) (the scale
+        multiplies the kernel)."""
         grid = x.reshape(x.shape[0], *self.geometry.source)
         if self.pooling is not None:
             grid = self.pooling.pool(grid)
-        return self._conv(grid, self.weight).reshape(x.shape[0], self.rows)
+        kernel = self.weight if scale == 1.0 else self.weight * scale
+        return self._conv(grid, kernel).reshape(x.shape[0], self.rows)
 
     def pooled_forward(self, y: Tensor, state: Tensor | None, why: str) -> Tensor:
         """conv_K(P_s y): the forward map with the pooling taken at the argmax of ``state``
@@ -159,20 +161,35 @@ class ConvBlock(nn.Module):
             grid = self.pooling.gather(grid, state, why)
         return self._conv(grid, self.weight).reshape(y.shape[0], self.rows)
 
-    def adjoint_map(self, y: Tensor, state: Tensor | None, why: str) -> Tensor:
-        """P_s^T conv_transpose_K(y) for y (batch, C_out H_o W_o), flat (batch, C_in H W);
-        ``state`` is the source's, where a max pooling unpools."""
+    def transposed_conv(self, y: Tensor, scale: float = 1.0) -> Tensor:
+        """scale * conv_transpose_K(y) for y (batch, C_out H_o W_o), as (batch, C_in, H_p, W_p)
+        (the scale multiplies the kernel, the smaller tensor)."""
         grid = y.reshape(y.shape[0], *self.geometry.output)
-        back = F.conv_transpose2d(
+        return F.conv_transpose2d(
             grid,
-            self.weight,
+            self.weight if scale == 1.0 else self.weight * scale,
             stride=self.geometry.stride,
             padding=self.geometry.padding,
             output_padding=self.output_padding,
         )
+
+    def adjoint_map(self, y: Tensor, state: Tensor | None, why: str) -> Tensor:
+        """P_s^T conv_transpose_K(y) for y (batch, C_out H_o W_o), flat (batch, C_in H W);
+        ``state`` is the source's, where a max pooling unpools."""
+        back = self.transposed_conv(y)
         if self.pooling is not None:
             back = self.pooling.unpool(back, state, why)
         return back.reshape(y.shape[0], self.cols)
+
+    def adjoint_add(
+        self, acc: Tensor, y: Tensor, scale: float, state: Tensor | None, why: str
+    ) -> Tensor:
+        """acc + scale * P_s^T conv_transpose_K(y), the unpooling fused with the sum (the
+        scale multiplies the kernel)."""
+        back = self.transposed_conv(y, scale)
+        if self.pooling is None:
+            return acc + back.reshape(y.shape[0], self.cols)
+        return self.pooling.unpool_add(acc, back, 1.0, state, why)
 
     def kernel_gradient(self, post: Tensor, pooled_pre: Tensor) -> Tensor:
         """d/dK sum_b post_b . conv_K(z_b) for z the pooled presynaptic grids."""
@@ -226,7 +243,7 @@ class ConvBlock(nn.Module):
         self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
     ) -> Tensor:
         """acc + scale * g * conv_K(P x)."""
-        return torch.add(acc, self.forward_map(x), alpha=self.gain * scale)
+        return acc + self.forward_map(x, self.gain * scale)
 
     def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor:
         """g * conv_K(P x)."""
@@ -313,8 +330,8 @@ class ConvTransposeBlock:
         self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
     ) -> Tensor:
         """acc + scale * g * P_s^T conv_transpose_K(x), s = ``joined.target``."""
-        out = self.partner.adjoint_map(x, self._state(joined), self._why())
-        return torch.add(acc, out, alpha=self.gain * scale)
+        scale = self.gain * scale
+        return self.partner.adjoint_add(acc, x, scale, self._state(joined), self._why())
 
     def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor:
         """g * P_s^T conv_transpose_K(x)."""
