@@ -52,6 +52,10 @@ KindOptions = Callable[[FieldChecker, Mapping[str, Any], tuple, Placement], Opti
 #: YAML block kind -> the checker of its options.
 BLOCK_KINDS: Registry[KindOptions] = Registry("block kind")
 
+#: Why a kind's map depends on the state, from its options (``None``: a fixed linear map). A kind
+#: that is always linear does not register here.
+STATE_DEPENDENCE: Registry[Callable[[Options], str | None]] = Registry("state-dependent kind")
+
 #: Storage backends of the sparse kind; ``auto`` picks one by :mod:`topo_ep.blocks.dispatch`.
 SPARSE_BACKENDS = ("auto", "dense", "torch.sparse", "torch-sparse")
 #: Connection patterns of the sparse kind.
@@ -71,6 +75,15 @@ def parse_block(check: FieldChecker, value: Any, path: tuple, where: Placement) 
         value, path, "kind", lambda v, p: check.choice(v, p, BLOCK_KINDS.names()), "dense"
     )
     return BlockSpec(kind, BLOCK_KINDS.get(kind)(check, value, path, where))
+
+
+def state_dependence(block: BlockSpec) -> str | None:
+    """Why ``block``'s map depends on the current state (words that follow the edge's key), or
+    ``None`` when it is a fixed linear map. Then the network has no energy and no fixed
+    operator (:func:`topo_ep.balance.analyse_balance`)."""
+    if block.kind not in STATE_DEPENDENCE:
+        return None
+    return STATE_DEPENDENCE.get(block.kind)(block.options)
 
 
 @BLOCK_KINDS.register("dense")
@@ -331,3 +344,13 @@ def pooled_shape(options: Options, source: tuple[int, ...]) -> tuple[int, int, i
     """``[C, H // n, W // n]``: the shape of a pooled block's source after its pooling."""
     size = dict(dict(options)["pool"])["size"]
     return (source[0], source[1] // size, source[2] // size)
+
+
+@STATE_DEPENDENCE.register("conv")
+@STATE_DEPENDENCE.register("pooled")
+def max_pooling_dependence(options: Options) -> str | None:
+    """A max pooling of the source picks the argmax of the current state."""
+    pool = dict(options).get("pool")
+    if pool is None or dict(pool)["kind"] != "max":
+        return None
+    return "max-pools its source (the pooling picks the argmax of the current state)"
