@@ -1,0 +1,27 @@
+#!/bin/bash
+# The 10-epoch check of topologies/conv_mnist.yaml on MNIST (issue 12): EP seeds 0 and 1, BP
+# seed 0, in one table (report.md, summary.json) under $OUT. Runs from a snapshot of this
+# checkout's HEAD (git archive into $OUT/code), so later edits do not change a running check;
+# rerunning the script resumes interrupted runs and reuses finished ones (compare_methods).
+# Launch in the background:
+#   nohup bash analysis/reports/conv_mnist/run.sh > /work/runs/conv_mnist.log 2>&1 &
+# Settings: EPOCHS (10), OUT (/work/runs/conv_mnist), DATA (/work/shared/data/mnist),
+# PY (this checkout's .venv/bin/python).
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../../.." && pwd)
+PY=${PY:-$REPO/.venv/bin/python}
+DATA=${DATA:-/work/shared/data/mnist}
+OUT=${OUT:-/work/runs/conv_mnist}
+EPOCHS=${EPOCHS:-10}
+CODE=$OUT/code
+if [ ! -d "$CODE" ]; then
+    mkdir -p "$CODE"
+    git -C "$REPO" archive HEAD | tar -x -C "$CODE"
+    git -C "$REPO" rev-parse HEAD > "$CODE/COMMIT"
+fi
+cd "$CODE"
+export PYTHONPATH=$CODE
+echo "start $(date -Is) commit $(cat COMMIT); $(uptime)"
+"$PY" analysis/compare_methods.py topologies/conv_mnist.yaml --dataset mnist \
+    --data-dir "$DATA" --epochs "$EPOCHS" --runs ep:0 ep:1 bp:0 --out "$OUT"
+echo "end $(date -Is); $(uptime)"
