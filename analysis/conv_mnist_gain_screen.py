@@ -2,13 +2,14 @@
 
 For each gain: the topology with that gain on its feedback edge, seed 0, float32, EP as the
 topology declares it, trained for ``--batches`` batches (one pass, no repeat) of the training
-split's first examples in a fixed shuffled order, with SGD at the paper's per-layer rates in
-topo-ep's convention (conv1 and the h1 bias 0.015, conv2 and the h2 bias 0.035, the readout
-0.9; weight decay 1e-5), then the accuracy of the free phase on the first ``--val`` examples
-of the validation split. The test split is never read. One JSON line per gain.
+split's first examples in a fixed shuffled order, with the topology's optimizer: SGD at the
+paper's per-layer rates in topo-ep's convention (conv1 and the h1 bias 0.015, conv2 and the h2
+bias 0.035, the readout 0.9; weight decay 1e-5), then the accuracy of the free phase on the
+first ``--val`` examples of the validation split. The test split is never read. One JSON line
+per gain.
 
     nice python analysis/conv_mnist_gain_screen.py --data-dir /work/shared/data/mnist \
-        --batches 25 --val 1000 --gains 0.01 0.1 1
+        --batches 12 --val 500 --gains 0.01 0.1 1
 """
 
 from __future__ import annotations
@@ -23,20 +24,9 @@ from topo_ep.compiler import CompiledNetwork, compile_topology
 from topo_ep.data import load_dataset
 from topo_ep.learn import make_method
 from topo_ep.loader import load_topology
-from topo_ep.params import ParamKey
+from topo_ep.train import make_optimizer
 
 TOPOLOGY = "topologies/conv_mnist.yaml"
-#: The paper's per-layer SGD rates in topo-ep's convention, by the layer a tensor drives.
-RATES = {"h1": 0.015, "h2": 0.035, "readout": 0.9}
-
-
-def param_groups(net: CompiledNetwork) -> list[dict]:
-    """One SGD group per learned tensor, at the rate of the layer it drives."""
-    groups = []
-    for key, tensor in net.learned_tensors().items():
-        assert isinstance(key, ParamKey)
-        groups.append({"params": [tensor], "lr": RATES[key.target], "name": str(key)})
-    return groups
 
 
 def accuracy(method, net: CompiledNetwork, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -65,7 +55,7 @@ def main() -> None:
         spec = load_topology(TOPOLOGY, overrides=[f"feedback_gain={gain}"])
         net = compile_topology(spec, seed=0)
         method = make_method("ep", spec)
-        optimizer = torch.optim.SGD(param_groups(net), lr=0.0, weight_decay=1e-5)
+        optimizer = make_optimizer(net, spec)
         start = time.perf_counter()
         losses = []
         for b in range(args.batches):
