@@ -6,7 +6,10 @@
 # Launch in the background:
 #   nohup bash analysis/reports/conv_mnist/run.sh > /work/runs/conv_mnist.log 2>&1 &
 # Settings: EPOCHS (10), OUT (/work/runs/conv_mnist), DATA (/work/shared/data/mnist),
-# PY (this checkout's .venv/bin/python).
+# PY (this checkout's .venv/bin/python), OMP_NUM_THREADS (1).
+# One torch thread: on this shared 2-core machine (load average 3-4) one synchronous step of
+# this net on a batch of 128 took 44 ms median with 1 thread and 160 ms with 2 (the second
+# thread's waits dominate every small op); see the conv branch's report.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../../.." && pwd)
 PY=${PY:-$REPO/.venv/bin/python}
@@ -21,6 +24,7 @@ if [ ! -d "$CODE" ]; then
 fi
 cd "$CODE"
 export PYTHONPATH=$CODE
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 echo "start $(date -Is) commit $(cat COMMIT); $(uptime)"
 "$PY" analysis/compare_methods.py topologies/conv_mnist.yaml --dataset mnist \
     --data-dir "$DATA" --epochs "$EPOCHS" --runs ep:0 ep:1 bp:0 --out "$OUT"
