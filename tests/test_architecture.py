@@ -42,7 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "blocks.pooled",
     ),
     # compiling into tensors and block operators, and their spectrum
-    ("compiler", "spectral"),
+    ("compiler", "spectral", "eigen", "gain_radius"),
     # relaxation
     ("engine", "energy", "fixed_points"),
     # learners

@@ -203,10 +203,28 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class FeedbackGainSpec:
+    """One scale c for every feedback gain, chosen so that the hidden operator has a target
+    spectral radius (``feedback_gain: {spectral_radius: r}`` at the top of a topology).
+
+    Each feedback edge's declared gain g_e becomes c g_e, so their ratios are kept; c is solved
+    when the topology is compiled, with the initial weights, such that rho(F + c B) = r, where
+    F + c B is the gain-scaled hidden-to-hidden operator M (:mod:`topo_ep.gain_radius`).
+    ``every_epoch`` solves c again after each training epoch, since learning moves the radius.
+    """
+
+    spectral_radius: float
+    every_epoch: bool = False
+
+
+@dataclass(frozen=True)
 class TopologySpec:
     """A whole topology: input, hidden layers, readout, edges and run settings.
 
     ``origin`` records a ``generate:`` shorthand the spec was expanded from (or ``None``).
+    ``feedback_gain`` asks for the feedback gains to be scaled to a target spectral radius
+    (:class:`FeedbackGainSpec`); the gains of ``edges`` are then the declared ones, which the
+    compiled network scales (:attr:`topo_ep.compiler.CompiledNetwork.spec` holds the result).
     """
 
     name: str
@@ -216,6 +234,7 @@ class TopologySpec:
     edges: tuple[EdgeSpec, ...]
     dynamics: DynamicsSpec = field(default_factory=DynamicsSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
+    feedback_gain: FeedbackGainSpec | None = None
     origin: dict[str, Any] | None = field(default=None, compare=False, hash=False)
     description: str = ""
 
@@ -289,6 +308,8 @@ class TopologySpec:
             _drop_unset_rates(item)
             edges.append(item)
         out["edges"] = edges
+        if self.feedback_gain is not None:
+            out["feedback_gain"] = asdict(self.feedback_gain)
         out["dynamics"] = asdict(self.dynamics)
         out["training"] = asdict(self.training)
         if self.origin is not None:

@@ -37,6 +37,7 @@ from topo_ep.spec import (
     BlockSpec,
     DynamicsSpec,
     EdgeSpec,
+    FeedbackGainSpec,
     InputSpec,
     LayerSpec,
     ReadoutSpec,
@@ -60,6 +61,7 @@ TOP_KEYS = (
     "edges",
     "dynamics",
     "training",
+    "feedback_gain",
     "generate",
     "origin",
 )
@@ -80,6 +82,7 @@ EDGE_KEYS = (
 )
 #: Most dimensions a layer ``shape`` may have (channels x height x width).
 MAX_SHAPE_DIMS = 3
+FEEDBACK_GAIN_KEYS = ("spectral_radius", "every_epoch")
 DYNAMICS_KEYS = ("schedule", "free_steps", "nudged_steps", "tolerance", "check_every")
 TRAINING_KEYS = (
     "nudge",
@@ -471,6 +474,39 @@ def _training(check: FieldChecker, value: Any) -> TrainingSpec:
     )
 
 
+def _feedback_gain(check: FieldChecker, value: Any, edges: Sequence[EdgeSpec]) -> FeedbackGainSpec:
+    """``feedback_gain: {spectral_radius: r, every_epoch: false}``: r > 0, and feedback edges
+    with a gain other than 0 to scale (the radius is 0 without them: the forward part is
+    acyclic)."""
+    path: tuple = ("feedback_gain",)
+    data = check.mapping(
+        value, path, FEEDBACK_GAIN_KEYS, ("spectral_radius",), "feedback_gain mapping"
+    )
+    radius = check.get(
+        data, path, "spectral_radius", lambda v, p: check.number(v, p, positive=True)
+    )
+    every_epoch = check.get(data, path, "every_epoch", check.boolean, False)
+    gains = [edge.gain for edge in edges if edge.kind == "feedback"]
+    if not gains:
+        raise check.error(
+            "invalid-value",
+            "feedback_gain scales the gains of the feedback edges, but this topology has none; "
+            "without feedback the hidden operator's spectral radius is 0 at every scale (its "
+            "forward and skip part is acyclic); add feedback edges or remove feedback_gain",
+            path,
+            True,
+        )
+    if not any(gains):
+        raise check.error(
+            "invalid-value",
+            f"every feedback edge has gain 0, so no scale of the gains changes the spectral "
+            f"radius (0) and {radius:g} cannot be reached; give the feedback edges gains other "
+            "than 0 (their ratios are kept)",
+            path + ("spectral_radius",),
+        )
+    return FeedbackGainSpec(spectral_radius=radius, every_epoch=every_epoch)
+
+
 def _origin(check: FieldChecker, value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -568,6 +604,9 @@ def spec_from_dict(
     edges = _edges(check, top["edges"], sizes, grids)
     dynamics = _dynamics(check, top.get("dynamics", {})) if "dynamics" in top else DynamicsSpec()
     training = _training(check, top["training"]) if "training" in top else TrainingSpec()
+    feedback_gain = (
+        _feedback_gain(check, top["feedback_gain"], edges) if "feedback_gain" in top else None
+    )
     spec = TopologySpec(
         name=name,
         input=input_spec,
@@ -576,6 +615,7 @@ def spec_from_dict(
         edges=edges,
         dynamics=dynamics,
         training=training,
+        feedback_gain=feedback_gain,
         origin=_origin(check, top.get("origin")),
         description=description,
     )
