@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from topo_ep.analysis.run import AnalysisOptions, analyse
 from topo_ep.balance import analyse_balance, state_dependent_couplings
 from topo_ep.compiler import compile_topology
 from topo_ep.energy import Energy
+from topo_ep.errors import TopologyError
 from topo_ep.gradcheck import CheckSettings, check_gradients
 from topo_ep.loader import load_topology, loads_topology
 from topo_ep.spectral import spectral_radius
@@ -91,3 +93,10 @@ def test_analyse_a_max_pooled_net_reports_convergence_and_gradient_flow_only():
     assert result.convergence["synchronous"].max_steps == 30
     assert result.gradient_flow is not None and not result.energy
     assert "h1" in {layer.layer for layer in result.gradient_flow.layers}
+
+
+def test_a_gain_from_a_spectral_radius_is_refused_for_max_pooling():
+    text = SMALL.replace("POOL", "max") + "feedback_gain: {spectral_radius: 0.5}\n"
+    with pytest.raises(TopologyError, match="depends on the state and has no spectral radius"):
+        loads_topology(text)
+    loads_topology(SMALL.replace("POOL", "avg") + "feedback_gain: {spectral_radius: 0.5}\n")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from topo_ep import graph
-from topo_ep.block_schema import Placement, parse_block
+from topo_ep.block_schema import Placement, parse_block, state_dependence
 from topo_ep.errors import Location
 from topo_ep.fields import MAX_EDGES, MAX_LAYERS, MAX_SIZE, FieldChecker, show_value, suggest
 from topo_ep.schedules import SCHEDULES
@@ -486,6 +486,17 @@ def _feedback_gain(check: FieldChecker, value: Any, edges: Sequence[EdgeSpec]) -
         data, path, "spectral_radius", lambda v, p: check.number(v, p, positive=True)
     )
     every_epoch = check.get(data, path, "every_epoch", check.boolean, False)
+    for edge in edges:
+        why = state_dependence(edge.block)
+        if why is not None and edge.source != INPUT:
+            raise check.error(
+                "invalid-value",
+                f"feedback_gain sets the gains from the spectral radius of the hidden "
+                f"operator, but {edge.key} {why}: the operator depends on the state and has "
+                "no spectral radius; give the feedback gains directly",
+                path,
+                True,
+            )
     gains = [edge.gain for edge in edges if edge.kind == "feedback"]
     if not gains:
         raise check.error(
