@@ -255,3 +255,32 @@ def test_ep_trains_through_the_max_pooled_readout_with_the_error_reread():
     assert torch.isfinite(result.loss)
     for name, tensor in net.named_parameters():
         assert tensor.grad is not None and tensor.grad.abs().max() > 0, name
+
+
+def test_the_argmax_is_taken_once_per_state_and_again_after_a_change(monkeypatch):
+    """The forward pooling and the feedback's unpooling of one state share its argmax; a new
+    state, or the same tensor changed in place, gets its own (in inference mode too)."""
+    net = network("max")
+    block, tied = net.block_of("h1->h2:forward"), net.block_of("h2->h1:feedback")
+    calls = []
+    original = F.max_pool2d
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("return_indices", False))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(F, "max_pool2d", counted)
+    state, y = draw(3, 256, seed=1), draw(3, 16, seed=2)
+    block.apply(state)
+    tied.apply(y, Joined(None, state))
+    assert len(calls) == 1
+    before = tied.apply(y, Joined(None, state))
+    with torch.no_grad():
+        state.neg_()
+    after = tied.apply(y, Joined(None, state))
+    assert len(calls) == 2 and not torch.equal(before, after)
+    block.apply(state.clone())
+    assert len(calls) == 3
+    with torch.inference_mode():
+        fresh = draw(3, 256, seed=1)
+        torch.testing.assert_close(tied.apply(y, Joined(None, fresh)), before)

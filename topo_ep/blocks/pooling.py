@@ -80,10 +80,12 @@ class Pooling:
                 f"current state of {self.layer}; none was given (a max-pooled block has no "
                 "state-independent matrix)"
             )
+        grid = state.detach().reshape(state.shape[0], *self.shape)
+        if state.is_inference():  # no version counter: nothing to cache by
+            return F.max_pool2d(grid, self.size, return_indices=True)[1]
         cached = self._cached
         if cached is not None and _same_values(cached[0], cached[1], state):
             return cached[2]
-        grid = state.detach().reshape(state.shape[0], *self.shape)
         index = F.max_pool2d(grid, self.size, return_indices=True)[1]
         self._cached = (state, state._version, index)
         return index
