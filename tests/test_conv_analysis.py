@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from topo_ep.analysis.run import AnalysisOptions, analyse
+from topo_ep.analysis.tangent import operator_rows
 from topo_ep.balance import analyse_balance, state_dependent_couplings
 from topo_ep.compiler import compile_topology
 from topo_ep.energy import Energy
-from topo_ep.errors import TopologyError
+from topo_ep.errors import TopoEpError, TopologyError
 from topo_ep.gradcheck import CheckSettings, check_gradients
 from topo_ep.loader import load_topology, loads_topology
 from topo_ep.spectral import spectral_radius
@@ -100,3 +101,12 @@ def test_a_gain_from_a_spectral_radius_is_refused_for_max_pooling():
     with pytest.raises(TopologyError, match="depends on the state and has no spectral radius"):
         loads_topology(text)
     loads_topology(SMALL.replace("POOL", "avg") + "feedback_gain: {spectral_radius: 0.5}\n")
+
+
+def test_the_tangent_map_refuses_a_max_pooled_net():
+    """Applying the blocks to a tangent vector would pool at the tangent's argmax: refused."""
+    net = compile_topology(small("max"), dtype=torch.float64)
+    vector = net.layout.zeros(1, dtype=torch.float64, device="cpu")
+    with pytest.raises(TopoEpError, match="depends on the state"):
+        operator_rows(net, 0, vector)
+    operator_rows(compile_topology(small("avg"), dtype=torch.float64), 0, vector)
