@@ -2,12 +2,13 @@
 
 The dense twin is the same topology with every block dense, holding the matrices the conv blocks
 imply (the blocks applied to unit vectors). Both must give the same free and nudged states, the
-same EP updates and the same BP gradients to 1e-12, with tied and with random feedback, for
-average pooling and for max pooling at frozen argmax indices (one fixed index pattern for every
-example, so that the max-pooled network is linear). A gradient G of a dense twin's matrix is
-compared with the conv block's kernel gradient through the chain rule, d/dK sum(A(K) * G), with
-A(K) built differentiably from the unit vectors. The readout is a ``pooled`` block (the paper's
-readout of the pooled top layer), whose tied transpose carries the nudge back unpooled.
+same EP updates and the same BP, BPTT and implicit gradients to 1e-12, with tied and with random
+feedback, for average pooling and for max pooling at frozen argmax indices (one fixed index
+pattern for every example, so that the max-pooled network is linear). A gradient G of a dense
+twin's matrix is compared with the conv block's kernel gradient through the chain rule, d/dK
+sum(A(K) * G), with A(K) built differentiably from the unit vectors. The readout is a ``pooled``
+block (the paper's readout of the pooled top layer), whose tied transpose carries the nudge back
+unpooled.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from topo_ep.blocks.pooling import Pooling
 from topo_ep.compiler import CompiledNetwork, compile_topology
 from topo_ep.learn import make_method
 from topo_ep.learn.bp import bp_gradients
+from topo_ep.learn.bptt import bptt_gradients
+from topo_ep.learn.implicit import implicit_gradients
 from topo_ep.loader import loads_topology
 from topo_ep.params import READOUT_WEIGHT, ParamKey
 from topo_ep.spec import BlockSpec
@@ -167,10 +170,16 @@ def check(net: CompiledNetwork) -> None:
     assert set(ours.grads) == set(theirs.grads)
     for key, value in ours.grads.items():
         assert_close(value, as_conv_gradient(net, key, theirs.grads[key]), f"EP {key}")
-    ours_bp, _ = bp_gradients(net, x, y)
-    theirs_bp, _ = bp_gradients(twin, x, y)
-    for key, value in ours_bp.items():
-        assert_close(value, as_conv_gradient(net, key, theirs_bp[key]), f"BP {key}")
+    baselines = {
+        "BP": lambda n: bp_gradients(n, x, y)[0],
+        "BPTT": lambda n: bptt_gradients(n, x, y, steps=8)[0],
+        "implicit": lambda n: implicit_gradients(n, x, y, free_steps=300, tolerance=1e-13).grads,
+    }
+    for name, gradients in baselines.items():
+        ours_grads, theirs_grads = gradients(net), gradients(twin)
+        for key, value in ours_grads.items():
+            expected = as_conv_gradient(net, key, theirs_grads[key])
+            assert_close(value, expected, f"{name} {key}")
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c[0] == "avg"], ids=str)
