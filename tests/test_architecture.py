@@ -36,6 +36,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "blocks.dense",
         "blocks.sparse",
         "blocks.readout",
+        "blocks.bias",
+        "blocks.pooling",
+        "blocks.conv",
+        "blocks.pooled",
     ),
     # compiling into tensors and block operators, and their spectrum
     ("compiler", "spectral", "eigen", "gain_radius"),

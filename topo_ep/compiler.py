@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from topo_ep.activations import Activation, get_activation
 from topo_ep.balance import Balance, analyse_balance, require_gain_factors
 from topo_ep.blocks import BLOCKS, READOUT, Block, BlockContext, BlockKind, Joined, ReadoutHead
+from topo_ep.blocks.bias import LayerBias, bias_shape
 from topo_ep.errors import TopoEpError
 from topo_ep.gain_radius import (
     GainSolution,
@@ -135,7 +136,8 @@ def parameter_bytes(spec: TopologySpec, dtype: torch.dtype) -> int:
     contexts = [edge_context(spec, e, 0, dtype) for e in spec.edges if not e.is_tied]
     contexts += [c for c in readout_contexts(spec, 0, dtype) if c is not None]
     counts = [BLOCKS.get(c.block.kind).stored_entries(c) for c in contexts]
-    counts += [layer.size for layer in spec.layers if layer.bias] + [spec.readout.size]
+    counts += [math.prod(bias_shape(layer.grid)) for layer in spec.layers if layer.bias]
+    counts += [spec.readout.size]
     itemsize = torch.empty((), dtype=dtype).element_size()
     return sum(counts) * itemsize + max(counts) * 8
 
@@ -290,7 +292,8 @@ class CompiledNetwork(nn.Module):
             bindings[edge.key] = EdgeBinding(edge, name, edge.learned, -1)
         for layer in spec.layers:
             if layer.bias:
-                self.biases[layer.name] = nn.Parameter(torch.zeros(layer.size, dtype=dtype))
+                shape = bias_shape(layer.grid)
+                self.biases[layer.name] = nn.Parameter(torch.zeros(shape, dtype=dtype))
         # Declaration order of edges fixes the block order.
         self.bindings: dict[str, EdgeBinding] = {
             edge.key: bindings[edge.key] for edge in spec.edges
@@ -501,6 +504,11 @@ class CompiledNetwork(nn.Module):
         """The block a declared edge became."""
         return self.blocks[self.bindings[edge_key].block]
 
+    def bias_of(self, layer: str) -> LayerBias:
+        """The learned bias of a hidden layer as a per-unit view (:class:`~topo_ep.blocks.
+        bias.LayerBias`): per unit, or per channel for a ``[C, H, W]`` layer."""
+        return LayerBias(self.biases[layer], self.spec.layer(layer).grid)
+
     def weight_of(self, edge_key: str) -> Tensor:
         """The tensor a declared edge uses (the partner's, for tied feedback): W for a dense
         block, the values at the mask for a sparse one."""
@@ -583,7 +591,7 @@ class CompiledNetwork(nn.Module):
         for k, size in enumerate(self.layout.sizes):
             name = self.layout.names[k]
             if name in self.biases:
-                acc = self.biases[name].expand(x.shape[0], size)
+                acc = self.bias_of(name).expand(x.shape[0])
             else:
                 acc = x.new_zeros(x.shape[0], size)
             for block in self.input_blocks[k]:

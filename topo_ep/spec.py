@@ -51,8 +51,14 @@ class BlockSpec:
         return self.kind == "dense" and not self.options
 
     def to_dict(self) -> dict[str, Any]:
-        """``{kind: ..., **options}``, the YAML form."""
-        return {"kind": self.kind, **dict(self.options)}
+        """``{kind: ..., **options}``, the YAML form: an option whose value is itself a tuple of
+        ``(name, value)`` pairs (a conv block's ``pool``) is written as a mapping, an option of
+        value ``None`` (not set) is left out."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for name, value in self.options:
+            if value is not None:
+                out[name] = _option_to_plain(value)
+        return out
 
 
 @dataclass(frozen=True)
@@ -321,6 +327,15 @@ def _drop_unset_rates(item: dict[str, Any]) -> None:
     for key in RATE_KEYS:
         if item.get(key, 0) is None:
             del item[key]
+
+
+def _option_to_plain(value: Any) -> Any:
+    """A block option in its YAML form: nested ``(name, value)`` pairs become a mapping."""
+    if isinstance(value, tuple) and all(
+        isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) for item in value
+    ):
+        return {name: _option_to_plain(inner) for name, inner in value}
+    return value
 
 
 def _block_to_dict(item: dict[str, Any], block: BlockSpec) -> None:
