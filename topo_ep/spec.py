@@ -149,10 +149,13 @@ class EdgeSpec:
 class DynamicsSpec:
     """How the relaxation runs.
 
-    ``free_steps`` and ``nudged_steps`` are step limits. The residual
-    r_t = ||s_t - s_{t-1}||_rms / max(||s_t||_rms, 1) is read on the host every
-    ``check_every`` steps; the phase stops when r_t < max(tolerance, 16 eps(dtype)).
-    ``tolerance = 0`` runs exactly the step limits (the paper's fixed T/K).
+    ``free_steps`` and ``nudged_steps`` are step limits. Every ``check_every`` steps the
+    per-example residual r_b = max_i |s_t - s_{t-1}|_{b,i} / max(max_i |s_t|_{b,i}, 1) is
+    read on the host, and a phase stops when max_b r_b <= max(tolerance, 16 eps(dtype)); the
+    nudged phase also waits until every layer's contrast s - s^0 changes by at most
+    ``tolerance`` times its own norm (:mod:`topo_ep.engine`). ``tolerance = 0`` runs exactly
+    the step limits (the paper's fixed T/K). ``nudged_schedule`` is the nudged phase's
+    schedule (``None``: ``schedule``).
     """
 
     schedule: str = "synchronous"
@@ -160,6 +163,7 @@ class DynamicsSpec:
     nudged_steps: int = 10
     tolerance: float = 0.0
     check_every: int = 5
+    nudged_schedule: str | None = None
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,8 @@ class TopologySpec:
             edges.append(item)
         out["edges"] = edges
         out["dynamics"] = asdict(self.dynamics)
+        if self.dynamics.nudged_schedule is None:
+            del out["dynamics"]["nudged_schedule"]
         out["training"] = asdict(self.training)
         if self.origin is not None:
             out["origin"] = dict(self.origin)

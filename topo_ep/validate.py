@@ -68,7 +68,14 @@ READOUT_KEYS = ("from", "size", "feedback", "bias", "block")
 EDGE_KEYS = ("source", "target", "kind", "gain", "feedback", "learned", "init", "block")
 #: Most dimensions a layer ``shape`` may have (channels x height x width).
 MAX_SHAPE_DIMS = 3
-DYNAMICS_KEYS = ("schedule", "free_steps", "nudged_steps", "tolerance", "check_every")
+DYNAMICS_KEYS = (
+    "schedule",
+    "free_steps",
+    "nudged_steps",
+    "tolerance",
+    "check_every",
+    "nudged_schedule",
+)
 TRAINING_KEYS = (
     "nudge",
     "nudging",
@@ -338,6 +345,9 @@ def _dynamics(check: FieldChecker, value: Any) -> DynamicsSpec:
             data, path, "tolerance", lambda v, p: check.number(v, p, 0.0), default.tolerance
         ),
         check_every=check.get(data, path, "check_every", steps, default.check_every),
+        nudged_schedule=check.get(
+            data, path, "nudged_schedule", _enum(check, SCHEDULES.names()), None
+        ),
     )
 
 

@@ -39,7 +39,7 @@ too. Without an energy the factor is undefined and gain compensation is refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -47,7 +47,15 @@ from torch import Tensor
 from topo_ep.balance import require_gain_factors
 from topo_ep.blocks import Joined
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import PhaseStats, StateDrive, free_phase, relax
+from topo_ep.engine import (
+    Agree,
+    PhaseStats,
+    StateDrive,
+    contrast_criterion,
+    free_phase,
+    relax,
+    state_criterion,
+)
 from topo_ep.learn.base import BatchResult, Gradients, cross_entropy_and_correct, write_gradients
 from topo_ep.learn.registry import METHODS
 from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
@@ -86,7 +94,14 @@ class EPEstimate:
 @METHODS.register("ep")
 @dataclass(frozen=True)
 class EquilibriumPropagation:
-    """EP with the settings of a topology's ``dynamics`` and ``training`` sections."""
+    """EP with the settings of a topology's ``dynamics`` and ``training`` sections.
+
+    At ``tolerance`` > 0 the free phase stops on the per-example state residual and the nudged
+    phases also on every layer's contrast (:func:`topo_ep.engine.contrast_criterion`); the
+    step limits are caps. ``nudged_schedule`` (``None``: ``schedule``) runs the nudged phases.
+    ``agree`` is applied to every convergence criterion before the decision (a data-parallel
+    run passes an all-reduce MAX, see :func:`topo_ep.engine.convergence_decision`).
+    """
 
     nudge: float = 0.1
     nudging: str = "one-sided"
@@ -98,6 +113,8 @@ class EquilibriumPropagation:
     tolerance: float = 0.0
     check_every: int = 5
     gain_compensated: bool = False
+    nudged_schedule: str | None = None
+    agree: Agree | None = field(default=None, compare=False)
     name: str = "ep"
 
     @classmethod
@@ -116,6 +133,7 @@ class EquilibriumPropagation:
             tolerance=d.tolerance,
             check_every=d.check_every,
             gain_compensated=t.gain_compensated,
+            nudged_schedule=d.nudged_schedule,
         )
 
     # ------------------------------------------------------------------ phases
@@ -127,7 +145,13 @@ class EquilibriumPropagation:
     def _free(self, net: CompiledNetwork, drives: list[Tensor]) -> tuple[list[Tensor], PhaseStats]:
         """:func:`topo_ep.engine.free_phase` with this method's schedule and limits."""
         return free_phase(
-            net, drives, self.schedule, self.free_steps, self.tolerance, self.check_every
+            net,
+            drives,
+            self.schedule,
+            self.free_steps,
+            self.tolerance,
+            self.check_every,
+            agree=self.agree,
         )
 
     def nudged_phase(
@@ -140,7 +164,9 @@ class EquilibriumPropagation:
         nudge: float,
     ) -> tuple[list[Tensor], PhaseStats]:
         """Relax from the free state with nudge * (y - p) B_f added to the top layer
-        (B_f: the readout's feedback block, :attr:`~topo_ep.compiler.CompiledNetwork.head`)."""
+        (B_f: the readout's feedback block, :attr:`~topo_ep.compiler.CompiledNetwork.head`),
+        under ``nudged_schedule``; at ``tolerance`` > 0 it stops when the state and every
+        layer's contrast s - s^0 have settled (:func:`topo_ep.engine.contrast_criterion`)."""
         head = net.head
         top = net.top
         state_drive: StateDrive | None = None
@@ -157,11 +183,13 @@ class EquilibriumPropagation:
             net,
             free,
             nudged_drives,
-            self.schedule,
+            self.nudged_schedule or self.schedule,
             self.nudged_steps,
             self.tolerance,
             self.check_every,
             state_drive,
+            criterion=contrast_criterion(free) if self.tolerance > 0 else state_criterion,
+            agree=self.agree,
         )
 
     def phases(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> EPPhases:
