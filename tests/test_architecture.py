@@ -52,7 +52,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "learn.implicit",
     ),
     # runs, checks and analyses
-    ("train", "evaluate", "gradcheck", "testing"),
+    ("train", "evaluate", "gradcheck", "testing", "bench"),
     (
         "analysis",
         "analysis.tangent",
