@@ -176,6 +176,16 @@ def study(name: str, condition: str, args: argparse.Namespace, log) -> dict[str,
     )
     reference = reference_method.estimate(net, x, y)
     log(f"{name} {condition}: settles in {settle.free_steps} + {settle.nudged_steps} steps")
+    shipped = base.estimate(net, x, y)  # the topology's own fixed T/K (tolerance 0)
+    fixed = {
+        "free_schedule": base.schedule,
+        "nudged_schedule": base.nudged_schedule or base.schedule,
+        "tolerance": base.tolerance,
+        "free_steps": shipped.result.free_steps,
+        "nudged_steps": shipped.result.nudged_steps,
+        **_summary(_compare(shipped.grads, reference.grads)),
+    }
+    log(f"  shipped fixed steps: min cos {fixed['min_cosine']:.6f}")
     grid = []
     for free_schedule, nudged_schedule in SCHEDULE_PAIRS:
         for tolerance in TOLERANCES:
@@ -208,7 +218,9 @@ def study(name: str, condition: str, args: argparse.Namespace, log) -> dict[str,
             )
     controls = []
     if base.nudging != "one-sided":  # the controls run one nudged phase
-        return _result(name, condition, described, base, settle, reference_method, grid, [])
+        return _result(name, condition, described, base, settle, reference_method, grid, []) | {
+            "shipped": fixed
+        }
     pair = ("sweep", "sweep")
     method = dataclasses.replace(base, schedule=pair[0], nudged_schedule=pair[1])
     reference_updates = base.updates(net, reference.phases)
@@ -231,7 +243,9 @@ def study(name: str, condition: str, args: argparse.Namespace, log) -> dict[str,
                     "edges": edges,
                 }
             )
-    return _result(name, condition, described, base, settle, reference_method, grid, controls)
+    return _result(name, condition, described, base, settle, reference_method, grid, controls) | {
+        "shipped": fixed
+    }
 
 
 def _result(name, condition, described, base, settle, reference, grid, controls) -> dict:
@@ -291,9 +305,11 @@ def write_report(results: list[dict], out: Path, command: str) -> Path:
             "| passes |",
             "|---|---|---|---|---|---|",
         ]
-        for row in result["grid"]:
+        for row in [result["shipped"], *result["grid"]]:
+            shipped = " (shipped, fixed steps)" if row is result["shipped"] else ""
             lines.append(
-                f"| {row['free_schedule']} / {row['nudged_schedule']} | {row['tolerance']:g} | "
+                f"| {row['free_schedule']} / {row['nudged_schedule']} | "
+                f"{row['tolerance']:g}{shipped} | "
                 f"{row['free_steps']} + {row['nudged_steps']} | {row['min_cosine']:.6f} "
                 f"({row['min_cosine_edge']}) | {row['worst_norm_ratio']:.4f} "
                 f"({row['worst_norm_ratio_edge']}) | {'yes' if row['passes'] else 'no'} |"

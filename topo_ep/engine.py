@@ -127,6 +127,19 @@ def state_criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> T
     return state_change(new, old).amax() / tolerance
 
 
+def _same_size_groups(state: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of the layers, grouped by units per example (declaration order kept)."""
+    groups: dict[int, list[int]] = {}
+    for index, layer in enumerate(state):
+        groups.setdefault(layer[0].numel(), []).append(index)
+    return list(groups.values())
+
+
+def _stacked(state: Sequence[Tensor], indices: list[int]) -> Tensor:
+    """Layers of one size stacked as (batch, layers, units)."""
+    return torch.stack([state[k].flatten(1) for k in indices], dim=1)
+
+
 def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
     """The nudged phase's criterion: the state test and, per layer k, the contrast test
 
@@ -136,30 +149,33 @@ def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
     example b. The floor 16 eps sqrt(n_k) (eps of the dtype) lets a layer whose contrast is at
     rounding level count as settled. The criterion returned is
 
-        max_b max( r_b / tol, max_k ||Delta c||_{b,k} / max(tol ||c||_{b,k}, 16 eps sqrt(n_k)) ).
+        max_b max( r_b / tol, max_k ||Delta c||_{b,k} / max(tol ||c||_{b,k}, 16 eps sqrt(n_k)) )
 
-    Per-layer norms are one product with a (units x layers) indicator, whatever the depth.
+    with r_b of :func:`state_change`. Layers of one size are stacked and reduced together, so
+    a deep net of equal widths costs a few products per check, whatever its depth.
     """
-    reference = flat_state(free)
-    sizes = [layer[0].numel() for layer in free] if free and free[0].shape[0] else []
-    if not sizes:
+    if not free or free[0].shape[0] == 0:
         return state_criterion
-    dtype, device = reference.dtype, reference.device
-    owner = torch.repeat_interleave(
-        torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device)
-    )
-    indicator = torch.nn.functional.one_hot(owner, len(sizes)).to(dtype)
-    floor = 16.0 * torch.finfo(dtype).eps * torch.tensor(sizes, dtype=dtype, device=device).sqrt()
+    groups = _same_size_groups(free)
+    references = [_stacked(free, indices) for indices in groups]
+    eps = torch.finfo(free[0].dtype).eps
+    floors = [16.0 * eps * math.sqrt(ref.shape[2]) for ref in references]
 
     def criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
-        current = flat_state(new)
-        change = current - flat_state(old)
-        contrast = current - reference
-        change_norm = (change * change).matmul(indicator).sqrt()
-        contrast_norm = (contrast * contrast).matmul(indicator).sqrt()
-        layers = change_norm / torch.maximum(tolerance * contrast_norm, floor)
-        states = change.abs().amax(dim=1) / current.abs().amax(dim=1).clamp(min=1.0) / tolerance
-        return torch.maximum(layers.amax(), states.amax())
+        worst_layer, change_max, state_max = [], [], []
+        for indices, reference, floor in zip(groups, references, floors, strict=True):
+            current = _stacked(new, indices)
+            change = current - _stacked(old, indices)
+            change_norm = torch.linalg.vector_norm(change, dim=2)
+            contrast_norm = torch.linalg.vector_norm(current - reference, dim=2)
+            bound = torch.clamp(tolerance * contrast_norm, min=floor)
+            worst_layer.append((change_norm / bound).amax())
+            change_max.append(change.abs().amax(dim=(1, 2)))
+            state_max.append(current.abs().amax(dim=(1, 2)))
+        change_b = torch.stack(change_max).amax(dim=0)
+        state_b = torch.stack(state_max).amax(dim=0).clamp(min=1.0)
+        states = (change_b / state_b).amax() / tolerance
+        return torch.maximum(torch.stack(worst_layer).amax(), states)
 
     return criterion
 
