@@ -471,7 +471,7 @@ class Trainer:
         if totals.unconverged:
             warnings.warn(
                 f"epoch {epoch}: {totals.unconverged} of {totals.batches} batches reached the "
-                f"step limit before the residual fell below {self.spec.dynamics.tolerance:g} "
+                f"step limit before converging to tolerance {self.spec.dynamics.tolerance:g} "
                 "(bounded non-convergence; training goes on)",
                 RuntimeWarning,
                 stacklevel=2,
