@@ -331,3 +331,42 @@ def test_nudged_schedule_is_read_validated_and_written_back():
     assert "nudged_schedule" not in plain.to_dict()["dynamics"]
     with pytest.raises(TopologyError, match=r"dynamics\.nudged_schedule.*'down' is not allowed"):
         loads_topology(text.replace("nudged_schedule: top-down-sweep", "nudged_schedule: down"))
+
+
+def test_nudged_tolerance_is_read_validated_and_written_back():
+    text = (
+        "name: c\ninput: {size: 4}\ngenerate: {family: chain, depth: 3, width: 5}\n"
+        "dynamics: {schedule: sweep, tolerance: 1e-6, nudged_tolerance: 1e-3}\n"
+    )
+    spec = loads_topology(text)
+    assert spec.dynamics.nudged_tolerance == 1e-3
+    method = EquilibriumPropagation.from_spec(spec)
+    assert (method.tolerance, method.nudged_phase_tolerance) == (1e-6, 1e-3)
+    assert spec_from_dict(spec.to_dict()) == spec
+    plain = loads_topology(text.replace(", nudged_tolerance: 1e-3", ""))
+    assert plain.dynamics.nudged_tolerance is None
+    assert EquilibriumPropagation.from_spec(plain).nudged_phase_tolerance == 1e-6
+    assert "nudged_tolerance" not in plain.to_dict()["dynamics"]
+    with pytest.raises(TopologyError, match=r"dynamics\.nudged_tolerance"):
+        loads_topology(text.replace("nudged_tolerance: 1e-3", "nudged_tolerance: -1"))
+
+
+def test_the_nudged_phase_runs_at_its_own_tolerance():
+    spec = chain(gain=0.1)
+    net = _strong_net(spec)
+    x, y = _batch(spec, 6, seed=2)
+    tight = EquilibriumPropagation(
+        nudge=0.2, schedule="sweep", free_steps=500, nudged_steps=500, tolerance=1e-9
+    )
+    loose = dataclasses.replace(tight, nudged_tolerance=1e-3)
+    a, b = tight.estimate(net, x, y), loose.estimate(net, x, y)
+    assert a.result.free_steps == b.result.free_steps
+    assert b.result.nudged_steps < a.result.nudged_steps
+    assert a.result.converged and b.result.converged
+    # a fixed free phase and a converged nudged phase: converged is judged on the nudged one
+    mixed = dataclasses.replace(tight, tolerance=0.0, free_steps=60, nudged_tolerance=1e-6)
+    result = mixed.estimate(net, x, y).result
+    assert result.free_steps == 60 and result.nudged_steps < 500 and result.converged
+    fixed = dataclasses.replace(tight, tolerance=0.0, free_steps=60, nudged_steps=7)
+    result = fixed.estimate(net, x, y).result
+    assert (result.free_steps, result.nudged_steps, result.converged) == (60, 7, False)

@@ -120,6 +120,7 @@ def _dynamics(spec: TopologySpec) -> dict[str, Any]:
         "free_steps": d.free_steps,
         "nudged_steps": d.nudged_steps,
         "tolerance": d.tolerance,
+        "nudged_tolerance": d.tolerance if d.nudged_tolerance is None else d.nudged_tolerance,
         "check_every": d.check_every,
         "nudging": spec.training.nudging,
     }
@@ -242,7 +243,8 @@ def format_table(document: dict[str, Any]) -> str:
         f"{document['dtype']}, {document['threads']} threads, batch {document['batch_size']}, "
         f"{document['repeats']} repeats x {document['batches']} batches, interleaved",
         f"dynamics: {d['schedule']} / {d['nudged_schedule']}, steps {d['free_steps']} / "
-        f"{d['nudged_steps']}, tolerance {d['tolerance']:g}, check every {d['check_every']}; "
+        f"{d['nudged_steps']}, tolerance {d['tolerance']:g} / {d['nudged_tolerance']:g}, "
+        f"check every {d['check_every']}; "
         f"load average {load_text}",
         "",
         "| method | s / batch (median) | projected s / epoch | free steps | nudged steps "

@@ -152,10 +152,10 @@ class DynamicsSpec:
     ``free_steps`` and ``nudged_steps`` are step limits. Every ``check_every`` steps the
     per-example residual r_b = max_i |s_t - s_{t-1}|_{b,i} / max(max_i |s_t|_{b,i}, 1) is
     read on the host, and a phase stops when max_b r_b <= max(tolerance, 16 eps(dtype)); the
-    nudged phase also waits until every layer's contrast s - s^0 changes by at most
-    ``tolerance`` times its own norm (:mod:`topo_ep.engine`). ``tolerance = 0`` runs exactly
-    the step limits (the paper's fixed T/K). ``nudged_schedule`` is the nudged phase's
-    schedule (``None``: ``schedule``).
+    nudged phase also waits until every layer's contrast s - s^0 changes by at most its
+    tolerance times its own norm (:mod:`topo_ep.engine`). ``tolerance = 0`` runs exactly
+    the step limits (the paper's fixed T/K). ``nudged_schedule`` and ``nudged_tolerance`` are
+    the nudged phase's schedule and tolerance (``None``: ``schedule``, ``tolerance``).
     """
 
     schedule: str = "synchronous"
@@ -164,6 +164,7 @@ class DynamicsSpec:
     tolerance: float = 0.0
     check_every: int = 5
     nudged_schedule: str | None = None
+    nudged_tolerance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -272,8 +273,9 @@ class TopologySpec:
             edges.append(item)
         out["edges"] = edges
         out["dynamics"] = asdict(self.dynamics)
-        if self.dynamics.nudged_schedule is None:
-            del out["dynamics"]["nudged_schedule"]
+        for key in ("nudged_schedule", "nudged_tolerance"):
+            if out["dynamics"][key] is None:
+                del out["dynamics"][key]
         out["training"] = asdict(self.training)
         if self.origin is not None:
             out["origin"] = dict(self.origin)

@@ -75,6 +75,7 @@ DYNAMICS_KEYS = (
     "tolerance",
     "check_every",
     "nudged_schedule",
+    "nudged_tolerance",
 )
 TRAINING_KEYS = (
     "nudge",
@@ -347,6 +348,9 @@ def _dynamics(check: FieldChecker, value: Any) -> DynamicsSpec:
         check_every=check.get(data, path, "check_every", steps, default.check_every),
         nudged_schedule=check.get(
             data, path, "nudged_schedule", _enum(check, SCHEDULES.names()), None
+        ),
+        nudged_tolerance=check.get(
+            data, path, "nudged_tolerance", lambda v, p: check.number(v, p, 0.0), None
         ),
     )
 

@@ -96,9 +96,10 @@ class EPEstimate:
 class EquilibriumPropagation:
     """EP with the settings of a topology's ``dynamics`` and ``training`` sections.
 
-    At ``tolerance`` > 0 the free phase stops on the per-example state residual and the nudged
-    phases also on every layer's contrast (:func:`topo_ep.engine.contrast_criterion`); the
-    step limits are caps. ``nudged_schedule`` (``None``: ``schedule``) runs the nudged phases.
+    At ``tolerance`` > 0 the free phase stops on the per-example state residual; at
+    ``nudged_tolerance`` > 0 (``None``: ``tolerance``) the nudged phases stop on it and on
+    every layer's contrast (:func:`topo_ep.engine.contrast_criterion`); the step limits are
+    caps. ``nudged_schedule`` (``None``: ``schedule``) runs the nudged phases.
     ``agree`` is applied to every convergence criterion before the decision (a data-parallel
     run passes an all-reduce MAX, see :func:`topo_ep.engine.convergence_decision`).
     """
@@ -114,6 +115,7 @@ class EquilibriumPropagation:
     check_every: int = 5
     gain_compensated: bool = False
     nudged_schedule: str | None = None
+    nudged_tolerance: float | None = None
     agree: Agree | None = field(default=None, compare=False)
     name: str = "ep"
 
@@ -134,7 +136,13 @@ class EquilibriumPropagation:
             check_every=d.check_every,
             gain_compensated=t.gain_compensated,
             nudged_schedule=d.nudged_schedule,
+            nudged_tolerance=d.nudged_tolerance,
         )
+
+    @property
+    def nudged_phase_tolerance(self) -> float:
+        """The nudged phases' tolerance: ``nudged_tolerance``, else ``tolerance``."""
+        return self.tolerance if self.nudged_tolerance is None else self.nudged_tolerance
 
     # ------------------------------------------------------------------ phases
     def free_phase(self, net: CompiledNetwork, x: Tensor) -> tuple[list[Tensor], PhaseStats]:
@@ -165,10 +173,12 @@ class EquilibriumPropagation:
     ) -> tuple[list[Tensor], PhaseStats]:
         """Relax from the free state with nudge * (y - p) B_f added to the top layer
         (B_f: the readout's feedback block, :attr:`~topo_ep.compiler.CompiledNetwork.head`),
-        under ``nudged_schedule``; at ``tolerance`` > 0 it stops when the state and every
-        layer's contrast s - s^0 have settled (:func:`topo_ep.engine.contrast_criterion`)."""
+        under ``nudged_schedule``; at :attr:`nudged_phase_tolerance` > 0 it stops when the state
+        and every layer's contrast s - s^0 have settled
+        (:func:`topo_ep.engine.contrast_criterion`)."""
         head = net.head
         top = net.top
+        tolerance = self.nudged_phase_tolerance
         state_drive: StateDrive | None = None
         nudged_drives = list(drives)
         if self.error == "held":
@@ -185,10 +195,10 @@ class EquilibriumPropagation:
             nudged_drives,
             self.nudged_schedule or self.schedule,
             self.nudged_steps,
-            self.tolerance,
+            tolerance,
             self.check_every,
             state_drive,
-            criterion=contrast_criterion(free) if self.tolerance > 0 else state_criterion,
+            criterion=contrast_criterion(free) if tolerance > 0 else state_criterion,
             agree=self.agree,
         )
 
@@ -276,12 +286,16 @@ class EquilibriumPropagation:
             if net.readout_bias is not None:
                 grads[READOUT_BIAS] = error.sum(dim=0)
         loss, correct = cross_entropy_and_correct(phases.logits, y)
+        # phases with a tolerance must have converged; at tolerance 0 none has (fixed steps)
+        tolerances = [(phases.free_stats, self.tolerance)]
+        tolerances += [(stats, self.nudged_phase_tolerance) for stats in phases.nudged_stats]
+        judged = [stats for stats, tolerance in tolerances if tolerance > 0]
         result = BatchResult(
             loss,
             correct,
             free_steps=phases.free_stats.steps,
             nudged_steps=sum(s.steps for s in phases.nudged_stats),
-            converged=phases.free_stats.converged and all(s.converged for s in phases.nudged_stats),
+            converged=bool(judged) and all(stats.converged for stats in judged),
         )
         return EPEstimate(grads, phases, result)
 
