@@ -47,7 +47,7 @@ from topo_ep.data import load_dataset
 from topo_ep.engine import contrast_criterion, free_phase, relax, state_criterion
 from topo_ep.learn.ep import EPPhases, EquilibriumPropagation
 from topo_ep.loader import load_topology
-from topo_ep.train import make_optimizer
+from topo_ep.param_groups import make_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 TOPOLOGIES = ("fre_2x512", "res_10x64", "agt_10x64")

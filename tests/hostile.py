@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -139,8 +140,19 @@ def copy_run(source: Path, target: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ processes
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT back to its default disposition.
+
+    A suite started in the background by a non-interactive shell (``pytest &``, ``nohup``)
+    inherits SIGINT as *ignored*, and so would every trainer it starts: Python then installs
+    no KeyboardInterrupt handler and a test's Ctrl-C would go unheard.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def topo_ep(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start ``python -m topo_ep ARGS`` in the repository root, capturing its output."""
+    """Start ``python -m topo_ep ARGS`` in the repository root, capturing its output, with
+    SIGINT at its default disposition whatever the suite's own (see :func:`_default_sigint`)."""
     environment = {**os.environ, **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "topo_ep", *args],
@@ -149,6 +161,7 @@ def topo_ep(args: list[str], env: dict[str, str] | None = None) -> subprocess.Po
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
     )
 
 

@@ -22,7 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # vocabulary: no behaviour beyond plain data and tensors
     ("", "errors", "spec", "layout", "activations", "params", "initial", "testhooks", "interrupts"),
     # reading and writing files
-    ("yaml_source", "fields", "registry", "data", "checkpoint", "rundir"),
+    ("yaml_source", "fields", "registry", "cifar", "data", "checkpoint", "rundir"),
     # questions about the declared graph
     ("graph", "schedules", "balance", "generate", "block_schema"),
     # the schema and the load path
@@ -52,7 +52,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "learn.implicit",
     ),
     # runs, checks and analyses
-    ("train", "evaluate", "gradcheck", "testing", "bench"),
+    ("param_groups", "train", "evaluate", "gradcheck", "testing", "bench"),
     (
         "analysis",
         "analysis.tangent",

@@ -70,6 +70,12 @@ CASES: dict[str, tuple[str, int | None, str | None]] = {
     "encoding_non_utf8.yaml": ("encoding", 3, None),
     "encoding_binary_nul.yaml": ("encoding", 5, None),
     "encoding_utf16.yaml": ("encoding", 1, None),
+    "tied_edge_lr.yaml": ("tied-partner", 11, "edges[2].lr"),
+    "absurd_negative_edge_lr.yaml": ("absurd-number", 12, "edges[1].lr"),
+    "type_readout_lr_string.yaml": ("type", 9, "readout.lr"),
+    "invalid_random_feedback_lr.yaml": ("invalid-value", 11, "edges[2].weight_decay"),
+    "invalid_layer_lr_without_bias.yaml": ("invalid-value", 5, "layers[0].lr"),
+    "unknown_key_edge_weight_decy.yaml": ("unknown-key", 8, "edges[0].weight_decy"),
     "directory.yaml": ("path", None, None),
     "does_not_exist.yaml": ("path", None, None),
 }
@@ -86,6 +92,10 @@ HINTS = {
     "directory.yaml": "is a directory",
     "does_not_exist.yaml": "looked for",
     "encoding_non_utf8.yaml": "byte offset 58",
+    "tied_edge_lr.yaml": "set it on that forward or skip edge",
+    "invalid_random_feedback_lr.yaml": "random feedback is a fixed matrix",
+    "invalid_layer_lr_without_bias.yaml": "add 'bias: true'",
+    "unknown_key_edge_weight_decy.yaml": "did you mean 'weight_decay'?",
 }
 
 

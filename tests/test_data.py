@@ -179,7 +179,7 @@ def test_limit_caps_training_only(digits: Dataset) -> None:
 
 def test_unknown_dataset_names_the_allowed_ones() -> None:
     with pytest.raises(DataError) as info:
-        load_dataset("cifar10")
+        load_dataset("cifar100")
     for name in DATASETS:
         assert name in str(info.value)
 

@@ -134,7 +134,16 @@ def test_write_text_atomic_keeps_the_old_file_on_failure(
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
 
-def test_signals_are_held_back_until_the_block_ends() -> None:
+@pytest.fixture
+def default_sigint():
+    """SIGINT raising KeyboardInterrupt in this process, as in a terminal, even when the suite
+    was started in the background (which leaves SIGINT ignored); restored afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_signals_are_held_back_until_the_block_ends(default_sigint) -> None:
     done = []
     with pytest.raises(Terminated), sigterm_raises(), signals_deferred():
         os.kill(os.getpid(), signal.SIGTERM)

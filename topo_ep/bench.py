@@ -29,8 +29,9 @@ import torch
 
 from topo_ep.compiler import compile_topology
 from topo_ep.learn import make_method
+from topo_ep.param_groups import make_optimizer
 from topo_ep.spec import TopologySpec
-from topo_ep.train import DTYPES, make_optimizer
+from topo_ep.train import DTYPES
 
 #: The methods compared, in the order they are timed within a repeat.
 METHODS = ("ep", "bp")

@@ -142,10 +142,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     from topo_ep.compiler import compile_topology
     from topo_ep.loader import load_topology
+    from topo_ep.param_groups import param_groups
 
     spec = load_topology(args.file, overrides=args.overrides)
     net = compile_topology(spec, seed=args.seed)
     print(net.describe())
+    groups = param_groups(net)
+    schedule = "" if spec.training.lr_schedule == "constant" else ", scaled by the schedule"
+    print(
+        f"optimizer {spec.training.optimizer}, {len(groups)} parameter group"
+        f"{'s' if len(groups) != 1 else ''} (base learning rate{schedule}):"
+    )
+    for group in groups:
+        print(f"  {group.describe()}")
     balance = net.balance
     if balance.balanced and balance.scales is not None:
         scales = ", ".join(f"{name} {value:.4g}" for name, value in balance.scales.items())
@@ -159,13 +168,14 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         default=None,
-        help="digits, mnist or fashion-mnist (default: the topology's input.dataset, else digits)",
+        help="digits, mnist, fashion-mnist or cifar10 (default: the topology's input.dataset, "
+        "else digits)",
     )
     parser.add_argument(
         "--data-dir",
         default=None,
-        help="directory with the IDX files (mnist, fashion-mnist; default: $TOPO_EP_DATA, "
-        "else ./data)",
+        help="directory with the IDX files (mnist, fashion-mnist) or the binary CIFAR-10 batches "
+        "(data_batch_*.bin, test_batch.bin; default: $TOPO_EP_DATA, else ./data)",
     )
 
 

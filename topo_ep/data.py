@@ -1,6 +1,6 @@
 """Datasets: loading, fixed train/validation/test splits and minibatch iteration.
 
-Three datasets are known (:data:`DATASETS`). Every split is fixed: it depends neither on the
+Four datasets are known (:data:`DATASETS`). Every split is fixed: it depends neither on the
 ``seed`` argument of :func:`load_dataset` nor on anything else that varies between runs, so the
 validation and test numbers of different runs are comparable.
 
@@ -21,6 +21,16 @@ validation and test numbers of different runs are comparable.
     training set (``train_test_split`` with ``random_state=0``; a ``val_fraction`` given
     explicitly carves ceil(val_fraction * n_train) examples instead), the test split is the
     official test set. For MNIST the sizes are **train 55000, val 5000, test 10000**.
+
+``cifar10``
+    The binary distribution (``data_batch_1.bin`` .. ``data_batch_5.bin``, ``test_batch.bin``;
+    see :mod:`topo_ep.cifar` for the format, the directories searched and why the pickled
+    Python version is never read). Pixels are divided by 255 into float32 [0, 1], 3072
+    features per image in the file's channel-major order (R, G, B planes of 32 x 32, so that
+    an input ``shape: [3, 32, 32]`` fits), 10 classes. The five training batches are
+    concatenated in order and split like MNIST's: a stratified :data:`IDX_VAL_SIZE` = 5000
+    validation examples (``random_state=0``; or ``val_fraction``), the test split is
+    ``test_batch.bin``: **train 45000, val 5000, test 10000**.
 
 Within the train and validation splits the examples keep their order in the source;
 :func:`iterate_batches` shuffles. ``limit`` keeps a random subset of at most ``limit`` training
@@ -49,6 +59,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
+from topo_ep.cifar import TEST_FILE, TRAIN_FILES, find_cifar10_files, read_cifar10_batch
 from topo_ep.errors import DataError, Location, TopologyError
 from topo_ep.spec import DATASETS
 
@@ -172,12 +183,13 @@ def load_dataset(
     name
         One of :data:`DATASETS`.
     data_dir
-        Where the IDX files of ``mnist`` and ``fashion-mnist`` are searched (see
-        :func:`find_idx_files`); default :func:`default_data_dir`. Ignored for ``digits``.
+        Where the IDX files of ``mnist`` and ``fashion-mnist`` (see :func:`find_idx_files`)
+        and the batch files of ``cifar10`` (see :func:`topo_ep.cifar.find_cifar10_files`)
+        are searched; default :func:`default_data_dir`. Ignored for ``digits``.
     val_fraction
         Fraction of the training part carved out (stratified) as the validation split, in
         (0, 1). ``None`` takes the dataset's default: 10 % for ``digits``, exactly
-        :data:`IDX_VAL_SIZE` examples for the IDX datasets.
+        :data:`IDX_VAL_SIZE` examples for the IDX datasets and ``cifar10``.
     seed
         Selects the subset kept by ``limit``; the splits themselves never depend on it.
     limit
@@ -207,6 +219,8 @@ def load_dataset(
     if name == "digits":
         return _load_digits(val_fraction, seed, limit)
     root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if name == "cifar10":
+        return _load_cifar10(root, val_fraction, seed, limit)
     return _load_idx_dataset(name, root, val_fraction, seed, limit)
 
 
@@ -287,6 +301,47 @@ def _load_idx_dataset(
         val=val,
         test=test,
         n_features=int(train_images.shape[1]),
+        n_classes=_N_CLASSES,
+        description=description,
+    )
+
+
+def _load_cifar10(root: Path, val_fraction: float | None, seed: int, limit: int | None) -> Dataset:
+    files = find_cifar10_files(root)
+    batches = [read_cifar10_batch(files[name]) for name in TRAIN_FILES]
+    train_pixels = np.concatenate([pixels for pixels, _ in batches])
+    train_labels = np.concatenate([labels for _, labels in batches])
+    test_pixels, test_labels = read_cifar10_batch(files[TEST_FILE])
+    n_train = int(train_labels.shape[0])
+    if val_fraction is None:
+        if n_train <= IDX_VAL_SIZE:
+            raise DataError(
+                f"cifar10: the five training batches under {files[TRAIN_FILES[0]].parent} hold "
+                f"{n_train} examples, too few for the default {IDX_VAL_SIZE} validation "
+                "examples; pass a val_fraction"
+            )
+        carve: float | int = IDX_VAL_SIZE
+    else:
+        carve = val_fraction
+    train_idx, val_idx = _stratified_carve(
+        np.arange(n_train), train_labels, carve, "cifar10 validation"
+    )
+    train_idx = _apply_limit(train_idx, limit, seed)
+    train = _make_split(_scale_pixels(train_pixels[train_idx]), train_labels[train_idx])
+    val = _make_split(_scale_pixels(train_pixels[val_idx]), train_labels[val_idx])
+    test = _make_split(_scale_pixels(test_pixels), test_labels)
+    limited = f", training part limited to {limit} with seed {seed}" if limit is not None else ""
+    description = (
+        f"cifar10: train {len(train)}, val {len(val)}, test {len(test)} (binary batches under "
+        f"{files[TEST_FILE].parent}; val a fixed stratified sample of the five training "
+        f"batches, random_state={SPLIT_SEED}; test {TEST_FILE}{limited})"
+    )
+    return Dataset(
+        name="cifar10",
+        train=train,
+        val=val,
+        test=test,
+        n_features=int(train_pixels.shape[1]),
         n_classes=_N_CLASSES,
         description=description,
     )

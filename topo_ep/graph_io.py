@@ -14,7 +14,15 @@ from typing import Any
 import networkx as nx
 
 from topo_ep.graph import READOUT, READOUT_KIND
-from topo_ep.spec import EDGE_KINDS, INPUT, TopologySpec
+from topo_ep.spec import (
+    EDGE_KINDS,
+    INPUT,
+    RATE_KEYS,
+    EdgeSpec,
+    LayerSpec,
+    ReadoutSpec,
+    TopologySpec,
+)
 from topo_ep.validate import spec_from_dict
 
 
@@ -56,9 +64,15 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
         )
         if layer.shape is not None:
             result.nodes[layer.name]["shape"] = list(layer.shape)
+        result.nodes[layer.name].update(_rates_set(layer))
     readout = spec.readout
     result.add_node(
-        READOUT, role="readout", size=readout.size, bias=readout.bias, feedback=readout.feedback
+        READOUT,
+        role="readout",
+        size=readout.size,
+        bias=readout.bias,
+        feedback=readout.feedback,
+        **_rates_set(readout),
     )
     for edge in spec.edges:
         result.add_edge(
@@ -70,10 +84,18 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
             learned=edge.learned,
             init=edge.init,
             **({} if edge.block.is_default else {"block": edge.block.to_dict()}),
+            **_rates_set(edge),
         )
     block = {} if readout.block.is_default else {"block": readout.block.to_dict()}
     result.add_edge(readout.source, READOUT, key=READOUT_KIND, **block)
     return result
+
+
+def _rates_set(item: EdgeSpec | LayerSpec | ReadoutSpec) -> dict[str, float]:
+    """The ``lr`` and ``weight_decay`` that ``item`` sets (those left to the training
+    omitted)."""
+    values = {key: getattr(item, key) for key in RATE_KEYS}
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _node_dict(attrs: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -90,11 +112,13 @@ def from_graph(
     """Build a validated spec from a networkx graph.
 
     The graph needs a node ``"input"`` with a ``size`` (optional ``mean``, ``std``), hidden-layer
-    nodes with a ``size`` (optional ``activation``, ``bias``) and a node ``"readout"`` with a
-    ``size`` and exactly one incoming edge from the layer it reads (optional ``feedback``,
-    ``bias``). Every other edge is an :class:`~topo_ep.spec.EdgeSpec`: its kind is the edge key in a
+    nodes with a ``size`` (optional ``activation``, ``bias``, ``lr``, ``weight_decay``) and a
+    node ``"readout"`` with a ``size`` and exactly one incoming edge from the layer it reads
+    (optional ``feedback``, ``bias``, ``lr``, ``weight_decay``). Every other edge is an
+    :class:`~topo_ep.spec.EdgeSpec`: its kind is the edge key in a
     multigraph when the key is an edge kind, else the ``kind`` attribute, else ``forward``;
-    ``gain``, ``feedback``, ``learned`` and ``init`` come from the attributes. Layers keep the
+    ``gain``, ``feedback``, ``learned``, ``init``, ``block``, ``lr`` and ``weight_decay`` come
+    from the attributes. Layers keep the
     graph's node order; edges follow ``graph.graph["edge_order"]`` where given, then the graph's
     edge order. ``graph.graph["origin"]`` becomes the spec's origin.
 
@@ -124,13 +148,13 @@ def from_graph(
         if attrs.get("dataset") is not None:
             data["input"]["dataset"] = attrs["dataset"]
     data["layers"] = [
-        {"name": node, **_node_dict(attrs, ("size", "activation", "bias", "shape"))}
+        {"name": node, **_node_dict(attrs, ("size", "activation", "bias", "shape", *RATE_KEYS))}
         for node, attrs in graph.nodes(data=True)
         if node not in (INPUT, READOUT)
     ]
     edges: list[dict[str, Any]] = []
     if READOUT in graph.nodes:
-        readout = _node_dict(graph.nodes[READOUT], ("size", "feedback", "bias"))
+        readout = _node_dict(graph.nodes[READOUT], ("size", "feedback", "bias", *RATE_KEYS))
         sources = list(graph.predecessors(READOUT))
         if len(sources) == 1:
             readout = {"from": sources[0], **readout}
@@ -148,7 +172,7 @@ def from_graph(
         key = item[2] if multi else None
         kind = key if isinstance(key, str) and key in EDGE_KINDS else None
         edge = {"source": source, "target": target, "kind": kind or attrs.get("kind", "forward")}
-        for field in ("gain", "feedback", "learned", "init", "block"):
+        for field in ("gain", "feedback", "learned", "init", "block", *RATE_KEYS):
             if attrs.get(field) is not None:
                 edge[field] = attrs[field]
         edges.append(edge)

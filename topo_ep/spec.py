@@ -24,7 +24,7 @@ ERROR_MODES = ("held", "reread")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 #: Datasets the loaders know (:func:`topo_ep.data.load_dataset`).
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,9 @@ class LayerSpec:
 
     ``bias`` adds a learned bias to h_k (off by default, as in the paper). ``shape`` arranges
     the units on a grid (``(32, 32)`` for 1024 units, row-major; ``None``: a line of ``size``)
-    for blocks that need a geometry, such as sparse ``local`` wiring.
+    for blocks that need a geometry, such as sparse ``local`` wiring. ``lr`` and
+    ``weight_decay`` override ``training.lr`` and ``training.weight_decay`` for the bias
+    (``None``: the training's); they need ``bias``.
     """
 
     name: str
@@ -92,6 +94,8 @@ class LayerSpec:
     activation: str = "tanh"
     bias: bool = False
     shape: tuple[int, ...] | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -105,7 +109,8 @@ class ReadoutSpec:
 
     ``feedback`` selects the matrix B_f that carries the output error into ``source`` during the
     nudged phase: ``tied`` (B_f = W_out^T) or a fixed ``random`` matrix. ``block`` says how
-    W_out is stored (a block kind, like an edge's).
+    W_out is stored (a block kind, like an edge's). ``lr`` and ``weight_decay`` override the
+    training's for W_out and the readout bias (``None``: the training's).
     """
 
     source: str
@@ -113,6 +118,8 @@ class ReadoutSpec:
     feedback: str = "tied"
     bias: bool = False
     block: BlockSpec = BlockSpec()
+    lr: float | None = None
+    weight_decay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,8 @@ class EdgeSpec:
     applies ``gain * W_AB^T`` where W_AB belongs to the forward or skip edge A->B. A ``random``
     feedback edge has a fixed random matrix. ``learned`` says whether the optimizer updates W.
     ``block`` says how W is stored (dense by default; a tied feedback edge uses its partner's).
+    ``lr`` and ``weight_decay`` override ``training.lr`` and ``training.weight_decay`` for the
+    edge's learned tensors (``None``: the training's); only a learned edge takes them.
     """
 
     source: str
@@ -134,6 +143,8 @@ class EdgeSpec:
     learned: bool = True
     init: str = "glorot_uniform"
     block: BlockSpec = BlockSpec()
+    lr: float | None = None
+    weight_decay: float | None = None
 
     @property
     def key(self) -> str:
@@ -172,7 +183,9 @@ class TrainingSpec:
     """EP training settings. ``nudge`` is the output nudging strength.
 
     ``lr_schedule: cosine`` sets the learning rate of epoch e (1-based, of E) to
-    lr * (1 + cos(pi (e - 1) / E)) / 2.
+    lr * (1 + cos(pi (e - 1) / E)) / 2. ``lr`` and ``weight_decay`` are the defaults of every
+    learned tensor; an edge, a hidden layer (its bias) or the readout may override them with its
+    own ``lr`` / ``weight_decay``, and the schedule then scales each tensor's own rate.
     """
 
     nudge: float = 0.1
@@ -259,10 +272,12 @@ class TopologySpec:
                 del item["shape"]
             else:
                 item["shape"] = list(layer.shape)
+            _drop_unset_rates(item)
             out["layers"].append(item)
         readout = asdict(self.readout)
         readout["from"] = readout.pop("source")
         _block_to_dict(readout, self.readout.block)
+        _drop_unset_rates(readout)
         out["readout"] = readout
         edges = []
         for edge in self.edges:
@@ -270,6 +285,7 @@ class TopologySpec:
             if item["feedback"] is None:
                 del item["feedback"]
             _block_to_dict(item, edge.block)
+            _drop_unset_rates(item)
             edges.append(item)
         out["edges"] = edges
         out["dynamics"] = asdict(self.dynamics)
@@ -280,6 +296,18 @@ class TopologySpec:
         if self.origin is not None:
             out["origin"] = dict(self.origin)
         return out
+
+
+#: Per-tensor optimizer settings of an edge, a layer or the readout (``None``: the training's).
+RATE_KEYS = ("lr", "weight_decay")
+
+
+def _drop_unset_rates(item: dict[str, Any]) -> None:
+    """Drop the per-tensor ``lr`` / ``weight_decay`` of ``item`` that are unset (``None``), so
+    that a topology without them writes the same mapping as before they existed."""
+    for key in RATE_KEYS:
+        if item.get(key, 0) is None:
+            del item[key]
 
 
 def _block_to_dict(item: dict[str, Any], block: BlockSpec) -> None:

@@ -44,6 +44,13 @@ from topo_ep.data import Dataset, Split, iterate_batches
 from topo_ep.errors import CheckpointError, DivergenceError, RunFailedError, TopoEpError
 from topo_ep.interrupts import signals_deferred
 from topo_ep.learn import Method, make_method
+from topo_ep.param_groups import (
+    ParamGroup,
+    describe_rates,
+    make_optimizer,
+    param_groups,
+    schedule_factor,
+)
 from topo_ep.rundir import RunLock, remove_stale_temps, write_text_atomic
 from topo_ep.spec import TopologySpec
 from topo_ep.testhooks import pause_point
@@ -97,24 +104,6 @@ def resolve_device(name: str) -> torch.device:
         if device.index >= count:
             raise TopoEpError(f"--device {name}: torch sees {count} CUDA device(s)")
     return device
-
-
-def make_optimizer(net: CompiledNetwork, spec: TopologySpec) -> torch.optim.Optimizer:
-    """The optimizer named in ``training.optimizer`` over every learned tensor."""
-    t = spec.training
-    params = list(net.parameters())
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-    return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
-
-
-def epoch_learning_rate(spec: TopologySpec, epoch: int, epochs: int) -> float:
-    """Learning rate of ``epoch`` (1-based, of ``epochs``): constant, or
-    lr (1 + cos(pi (e-1) / E)) / 2 for ``lr_schedule: cosine``."""
-    t = spec.training
-    if t.lr_schedule == "cosine":
-        return t.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))
-    return t.lr
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -294,6 +283,8 @@ class Trainer:
         torch.manual_seed(settings.seed)
         self.net = compile_topology(spec, seed=settings.seed, dtype=self.dtype, device=self.device)
         self.method = make_method(settings.method, spec)
+        #: The optimizer's groups with their base rates, in the optimizer's order.
+        self.param_groups: list[ParamGroup] = param_groups(self.net, spec)
         self.optimizer = make_optimizer(self.net, spec)
         self.metrics: list[dict[str, Any]] = []
         self.start_epoch = 1
@@ -387,9 +378,10 @@ class Trainer:
             correct=torch.zeros((), dtype=torch.int64, device=self.device),
         )
         n_batches = math.ceil(len(split.y) / batch_size)
-        lr = epoch_learning_rate(self.spec, epoch, self.settings.epochs)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        factor = schedule_factor(self.spec, epoch, self.settings.epochs)
+        for group, base in zip(self.optimizer.param_groups, self.param_groups, strict=True):
+            group["lr"] = base.lr * factor
+        rates = self._rates_text(factor)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         # every batch loss finite so far: a device flag, read once per epoch (no sync per batch);
         # the weights themselves are checked once, at the end of the epoch
@@ -410,13 +402,13 @@ class Trainer:
                 result = self.method.gradients(net, x, y)
             except DivergenceError as exc:
                 if not _all_finite(params):  # NaN weights, not the dynamics, made the states NaN
-                    raise self._non_finite_error(epoch, lr) from None
+                    raise self._non_finite_error(epoch, rates) from None
                 if self.steps_taken == 0:  # the network as declared diverges: the input's fault
                     raise
                 raise RunFailedError(
                     f"epoch {epoch}: the relaxation diverged after {self.steps_taken} optimizer "
                     f"steps of this run, so training stopped: the updates made the network "
-                    f"unstable; the learning rate is probably too large (training.lr = {lr:g}, "
+                    f"unstable; the learning rate is probably too large ({rates}, "
                     f"optimizer {self.spec.training.optimizer}). {self._saved_state(epoch)} "
                     f"(The relaxation said: {exc})"
                 ) from None
@@ -427,7 +419,7 @@ class Trainer:
                     raise
                 raise RunFailedError(
                     f"epoch {epoch}: the optimizer step overflowed ({exc}); the learning rate "
-                    f"training.lr = {lr:g} is too large for {self.spec.training.optimizer} in "
+                    f"({rates}) is too large for {self.spec.training.optimizer} in "
                     f"{self.settings.dtype}. {self._saved_state(epoch)}"
                 ) from None
             self.steps_taken += 1
@@ -443,8 +435,18 @@ class Trainer:
             totals.unconverged += not result.converged
         bar.close()
         if not bool(finite) or not _all_finite(params):
-            raise self._non_finite_error(epoch, lr)
+            raise self._non_finite_error(epoch, rates)
         return totals
+
+    def _rates_text(self, factor: float) -> str:
+        """The learning rates of an epoch at schedule factor ``factor``, for messages:
+        ``training.lr = 0.001`` when every tensor uses it, else each group's rate and
+        tensors."""
+        groups = self.param_groups
+        lr = self.spec.training.lr
+        if len(groups) == 1 and groups[0].lr == lr:
+            return f"training.lr = {lr * factor:g}"
+        return f"learning rates of this epoch by group: {describe_rates(groups, factor)}"
 
     def _saved_state(self, epoch: int) -> str:
         """What the run directory holds when epoch ``epoch`` fails."""
@@ -457,12 +459,12 @@ class Trainer:
             )
         return "No checkpoint was written."
 
-    def _non_finite_error(self, epoch: int, lr: float) -> RunFailedError:
+    def _non_finite_error(self, epoch: int, rates: str) -> RunFailedError:
         t = self.spec.training
         return RunFailedError(
             f"epoch {epoch}: the weights or the loss became non-finite (NaN or inf) after an "
             "optimizer step, so training stopped; the learning rate is probably too large "
-            f"(training.lr = {lr:g}, optimizer {t.optimizer}). {self._saved_state(epoch)}"
+            f"({rates}, optimizer {t.optimizer}). {self._saved_state(epoch)}"
         )
 
     def _warn_unconverged(self, epoch: int, totals: EpochTotals) -> None:

@@ -32,6 +32,7 @@ from topo_ep.spec import (
     LR_SCHEDULES,
     NUDGINGS,
     OPTIMIZERS,
+    RATE_KEYS,
     RULES,
     BlockSpec,
     DynamicsSpec,
@@ -63,9 +64,20 @@ TOP_KEYS = (
     "origin",
 )
 INPUT_KEYS = ("size", "mean", "std", "shape", "dataset")
-LAYER_KEYS = ("name", "size", "activation", "bias", "shape")
-READOUT_KEYS = ("from", "size", "feedback", "bias", "block")
-EDGE_KEYS = ("source", "target", "kind", "gain", "feedback", "learned", "init", "block")
+LAYER_KEYS = ("name", "size", "activation", "bias", "shape", "lr", "weight_decay")
+READOUT_KEYS = ("from", "size", "feedback", "bias", "block", "lr", "weight_decay")
+EDGE_KEYS = (
+    "source",
+    "target",
+    "kind",
+    "gain",
+    "feedback",
+    "learned",
+    "init",
+    "block",
+    "lr",
+    "weight_decay",
+)
 #: Most dimensions a layer ``shape`` may have (channels x height x width).
 MAX_SHAPE_DIMS = 3
 DYNAMICS_KEYS = (
@@ -124,6 +136,28 @@ def _shape(check: FieldChecker, data: Mapping[str, Any], path: tuple) -> tuple[i
     return shape
 
 
+def _rates(
+    check: FieldChecker, data: Mapping[str, Any], path: tuple
+) -> tuple[float | None, float | None]:
+    """The optional per-tensor ``lr`` (> 0) and ``weight_decay`` (>= 0) of an edge, a layer
+    or the readout; ``None`` where absent (the training's value applies)."""
+    lr = check.get(data, path, "lr", lambda v, p: check.number(v, p, positive=True), None)
+    decay = check.get(
+        data, path, "weight_decay", lambda v, p: check.number(v, p, minimum=0.0), None
+    )
+    return lr, decay
+
+
+def _refuse_rates(
+    check: FieldChecker, data: Mapping[str, Any], path: tuple, kind: str, why: str
+) -> None:
+    """Refuse ``lr`` / ``weight_decay`` on something that owns no learned tensor (``why``
+    says what it is and where to set the rate instead), pointing at the key."""
+    for key in RATE_KEYS:
+        if key in data:
+            raise check.error(kind, f"'{key}' does not apply here: {why}", path + (key,), True)
+
+
 def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
     path: tuple = ("layers",)
     items = check.sequence(value, path, "layers", MAX_LAYERS)
@@ -149,6 +183,17 @@ def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
                 here + ("name",),
             )
         seen[name] = index
+        bias = check.get(data, here, "bias", check.boolean, False)
+        lr, decay = _rates(check, data, here)
+        if not bias:
+            _refuse_rates(
+                check,
+                data,
+                here,
+                "invalid-value",
+                f"on a layer it sets the rate of the layer's bias, and layer '{name}' has none "
+                "(bias: false); add 'bias: true', or set it on the edges into the layer",
+            )
         layers.append(
             LayerSpec(
                 name=name,
@@ -156,8 +201,10 @@ def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
                 activation=check.get(
                     data, here, "activation", lambda v, p: check.choice(v, p, ACTIVATIONS), "tanh"
                 ),
-                bias=check.get(data, here, "bias", check.boolean, False),
+                bias=bias,
                 shape=_shape(check, data, here),
+                lr=lr,
+                weight_decay=decay,
             )
         )
     return tuple(layers)
@@ -178,6 +225,7 @@ def _readout(
         )
     size = check.get(data, path, "size", lambda v, p: check.size(v, p, low=2))
     where = Placement(source, READOUT, grids[source], (size,))
+    lr, decay = _rates(check, data, path)
     return ReadoutSpec(
         source=source,
         size=size,
@@ -188,6 +236,8 @@ def _readout(
         block=check.get(
             data, path, "block", lambda v, p: parse_block(check, v, p, where), BlockSpec()
         ),
+        lr=lr,
+        weight_decay=decay,
     )
 
 
@@ -247,6 +297,26 @@ def _edge(
             f"a feedback edge cannot be learned: {why}; remove 'learned' or set it to false",
             here + ("learned",),
         )
+    lr, decay = _rates(check, data, here)
+    if feedback == "tied":
+        _refuse_rates(
+            check,
+            data,
+            here,
+            "tied-partner",
+            f"a tied feedback edge owns no weights (it applies the transpose of the weights of "
+            f"{target}->{source}); set it on that forward or skip edge",
+        )
+    elif not learned:
+        what = "random feedback is a fixed matrix" if feedback == "random" else "it is fixed"
+        _refuse_rates(
+            check,
+            data,
+            here,
+            "invalid-value",
+            f"this edge has no learned weights ({what}: learned: false), so the optimizer "
+            "never updates it; remove it",
+        )
     init = check.get(data, here, "init", lambda v, p: check.choice(v, p, INITS), "glorot_uniform")
     if source == INPUT and is_feedback:
         raise check.error(
@@ -295,6 +365,8 @@ def _edge(
         learned=learned,
         init=init,
         block=block,
+        lr=lr,
+        weight_decay=decay,
     )
 
 
