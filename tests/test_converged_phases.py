@@ -347,6 +347,8 @@ def test_nudged_tolerance_is_read_validated_and_written_back():
     assert plain.dynamics.nudged_tolerance is None
     assert EquilibriumPropagation.from_spec(plain).nudged_phase_tolerance == 1e-6
     assert "nudged_tolerance" not in plain.to_dict()["dynamics"]
+    explicit = loads_topology(text.replace("nudged_tolerance: 1e-3", "nudged_tolerance: null"))
+    assert explicit == plain  # null means "as the free phase", as an absent key does
     with pytest.raises(TopologyError, match=r"dynamics\.nudged_tolerance"):
         loads_topology(text.replace("nudged_tolerance: 1e-3", "nudged_tolerance: -1"))
 

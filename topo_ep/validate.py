@@ -108,6 +108,11 @@ def _enum(check: FieldChecker, options: Sequence[str]) -> Callable[[Any, tuple],
     return lambda v, p: check.choice(v, p, options)
 
 
+def _optional(check: Callable[[Any, tuple], Any]) -> Callable[[Any, tuple], Any]:
+    """``check``, with ``null`` accepted as ``None``."""
+    return lambda value, path: None if value is None else check(value, path)
+
+
 def _steps(check: FieldChecker) -> Callable[[Any, tuple], int]:
     return lambda value, path: check.integer(value, path, 1, MAX_STEPS)
 
@@ -418,11 +423,12 @@ def _dynamics(check: FieldChecker, value: Any) -> DynamicsSpec:
             data, path, "tolerance", lambda v, p: check.number(v, p, 0.0), default.tolerance
         ),
         check_every=check.get(data, path, "check_every", steps, default.check_every),
+        # null, like an absent key, means "as the free phase"
         nudged_schedule=check.get(
-            data, path, "nudged_schedule", _enum(check, SCHEDULES.names()), None
+            data, path, "nudged_schedule", _optional(_enum(check, SCHEDULES.names())), None
         ),
         nudged_tolerance=check.get(
-            data, path, "nudged_tolerance", lambda v, p: check.number(v, p, 0.0), None
+            data, path, "nudged_tolerance", _optional(lambda v, p: check.number(v, p, 0.0)), None
         ),
     )
 
