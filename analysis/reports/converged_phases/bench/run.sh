@@ -15,3 +15,9 @@ bench res_10x64_shipped res_10x64
 bench res_10x64_sync_tol1e-4 res_10x64 --set dynamics.tolerance=1e-4 --set dynamics.check_every=5 --set dynamics.free_steps=1000 --set dynamics.nudged_steps=1000
 bench res_10x64_sweep_tol1e-4 res_10x64 --set dynamics.schedule=sweep --set dynamics.tolerance=1e-4 --set dynamics.check_every=5 --set dynamics.free_steps=1000 --set dynamics.nudged_steps=1000
 bench res_10x64_sweep_topdown_tol1e-4 res_10x64 --set dynamics.schedule=sweep --set dynamics.nudged_schedule=top-down-sweep --set dynamics.tolerance=1e-4 --set dynamics.check_every=5 --set dynamics.free_steps=1000 --set dynamics.nudged_steps=1000
+# Round 2: the split tolerances the float64 study recommends (free phase at its tolerance, the
+# nudged phase's contrast test at 1e-3), and agt_10x64.
+bench fre_2x512_sweep_topdown_tol1e-4_nudged1e-3 fre_2x512 --set dynamics.schedule=sweep --set dynamics.nudged_schedule=top-down-sweep --set dynamics.tolerance=1e-4 --set dynamics.nudged_tolerance=1e-3 --set dynamics.check_every=1 --set dynamics.nudged_steps=10
+bench res_10x64_sweep_tol3e-5_nudged1e-3 res_10x64 --set dynamics.schedule=sweep --set dynamics.tolerance=3e-5 --set dynamics.nudged_tolerance=1e-3 --set dynamics.check_every=5 --set dynamics.free_steps=1000 --set dynamics.nudged_steps=1000
+bench agt_10x64_shipped agt_10x64
+bench agt_10x64_sweep_tol1e-4_nudged1e-3 agt_10x64 --set dynamics.schedule=sweep --set dynamics.tolerance=1e-4 --set dynamics.nudged_tolerance=1e-3 --set dynamics.check_every=5 --set dynamics.free_steps=1000 --set dynamics.nudged_steps=1000
