@@ -2,8 +2,8 @@
 
 For each topology (default fre_2x512, res_10x64, agt_10x64) and each weight condition (``fresh``:
 compiled with seed 0; ``trained``: after ``--train-batches`` batches of the topology's own EP
-training in float32 with its fixed T/K, on MNIST), in float64, on one batch of
-``--batch`` test examples, the study
+training in float32 with its own dynamics, on its dataset: MNIST unless the topology declares
+another), in float64, on one batch of ``--batch`` test examples, the study
 
 1. measures the settling time: the steps of the synchronous free and nudged phases to tolerance
    ``TIGHT`` (checked every step);
@@ -21,9 +21,11 @@ training in float32 with its fixed T/K, on MNIST), in float64, on one batch of
    relative to its converged value; and the free phase at the tolerance with the nudged phase
    at ``TIGHT``, which shows which phase's tolerance limits the update.
 
-Example (what produced ``analysis/reports/converged_phases``)::
+Example (what produced ``analysis/reports/converged_phases`` and its ``quickstart/``)::
 
     nice -n 19 python analysis/converged_phases.py --data-dir ../shared/data/mnist
+    nice -n 19 python analysis/converged_phases.py --data-dir ../shared/data/mnist \
+        --topologies quickstart --out analysis/reports/converged_phases/quickstart
 
 Writes ``report.md`` and ``results.json`` to ``--out``.
 """
@@ -69,14 +71,17 @@ MAX_NORM_DEVIATION = 0.05
 
 
 def _train(net: CompiledNetwork, spec: Any, data_dir: str, batches: int, seed: int) -> None:
-    """``batches`` optimizer steps of the topology's own EP (float32, fixed T/K) on MNIST."""
-    dataset = load_dataset("mnist", data_dir, seed=seed)
+    """``batches`` optimizer steps of the topology's own EP (float32, its own dynamics) on its
+    dataset (``input.dataset``, else MNIST)."""
+    dataset = load_dataset(spec.input.dataset or "mnist", data_dir, seed=seed)
     method = EquilibriumPropagation.from_spec(spec)
     optimizer = make_optimizer(net, spec)
     size = spec.training.batch_size
-    order = torch.randperm(len(dataset.train.y), generator=torch.Generator().manual_seed(seed))
+    count = len(dataset.train.y)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     for index in range(batches):
-        chosen = order[index * size : (index + 1) * size]
+        start = (index * size) % max(1, count - size + 1)
+        chosen = order[start : start + size]
         optimizer.zero_grad(set_to_none=True)
         method.gradients(net, dataset.train.x[chosen], dataset.train.y[chosen])
         optimizer.step()
@@ -161,7 +166,8 @@ def _contrast_ratios(phases: EPPhases, reference: EPPhases) -> list[float]:
 def study(name: str, condition: str, args: argparse.Namespace, log) -> dict[str, Any]:
     """Every measurement of one topology under one weight condition."""
     net = _network(name, condition, args)
-    x, y, described = analysis_batch(net, "mnist", args.data_dir, args.batch)
+    dataset = net.spec.input.dataset or "mnist"
+    x, y, described = analysis_batch(net, dataset, args.data_dir, args.batch)
     base = EquilibriumPropagation.from_spec(net.spec)
     tight = dataclasses.replace(
         base,
@@ -312,7 +318,7 @@ def write_report(results: list[dict], out: Path, command: str) -> Path:
         "edges (the edge named). Steps: free + nudged. The free phase stops when every "
         "example's max-norm step change is <= tol; the nudged phase (at its own tolerance, "
         "the free one's or 1e-3) also waits until every layer's contrast changes by <= its "
-        "tolerance times its own norm. The shipped fixed T/K is the first row.",
+        "tolerance times its own norm. The first row is the topology's own dynamics.",
         "",
     ]
     for result in results:
@@ -330,7 +336,9 @@ def write_report(results: list[dict], out: Path, command: str) -> Path:
             "|---|---|---|---|---|---|",
         ]
         for row in [result["shipped"], *result["grid"]]:
-            shipped = " (shipped, fixed steps)" if row is result["shipped"] else ""
+            shipped = ""
+            if row is result["shipped"]:
+                shipped = " (shipped, fixed steps)" if row["tolerance"] == 0 else " (shipped)"
             lines.append(
                 f"| {row['free_schedule']} / {row['nudged_schedule']} | "
                 f"{row['tolerance']:g} / {row['nudged_tolerance']:g}{shipped} | "

@@ -61,8 +61,8 @@ class PhaseStats:
     steps
         Steps taken.
     residual
-        The last criterion read on the host, in the units of the tolerance times the
-        tolerance (so it compares with the tolerance; at tolerance 0, the criterion at
+        The last criterion read on the host, on the scale of the tolerance: the 0-d value
+        of the :data:`Criterion` times the tolerance (at tolerance 0, the criterion at
         tolerance 1). ``nan`` if none was read.
     converged
         Whether the criterion fell to the tolerance (always ``False`` at tolerance 0).
