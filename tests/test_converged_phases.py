@@ -266,6 +266,40 @@ def test_tolerance_zero_is_the_fixed_step_path_bit_for_bit(nudged_schedule):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize(("schedule", "products"), [("sweep", 3), ("synchronous", 0)])
+def test_the_first_free_step_skips_the_products_with_the_zero_start(schedule, products):
+    """4-layer chain, 6 hidden-to-hidden blocks: from s = 0 the sweep's first step needs only
+    the 3 forward products (the feedback comes from layers still at zero), the synchronous
+    step none; the states are the same bits as with every product computed."""
+    spec = chain(gain=0.1)
+    net = compile_topology(spec, seed=4, dtype=torch.float32)
+    x, _ = _batch(spec, 5)
+    drives = net.input_drive(x.float())
+    calls = []
+    for k, incoming in enumerate(net.incoming):
+        for source, block in incoming:
+            original = block.accumulate
+
+            def counted(*args, original=original, edge=(source, k), **kwargs):
+                calls.append(edge)
+                return original(*args, **kwargs)
+
+            block.accumulate = counted
+    assert sum(len(incoming) for incoming in net.incoming) == 6
+    with torch.no_grad():
+        skipped, _ = free_phase(net, drives, schedule, 1)
+        assert len(calls) == products
+        calls.clear()
+        start = net.layout.zeros(5, dtype=torch.float32, device=x.device)
+        full = step(net, start, drives, net.schedule(schedule))
+        assert len(calls) == 6
+        calls.clear()
+        later, _ = free_phase(net, drives, schedule, 3)
+        assert len(calls) == products + 2 * 6  # only the first step skips
+    for a, b in zip(skipped, full, strict=True):
+        assert torch.equal(a, b)
+
+
 # ---------------------------------------------------------------------------- the nudged test
 def test_the_contrast_test_stops_later_and_closer_than_the_state_test_on_small_gains():
     """Chain of 5 layers, gain 0.01: the lowest layer's contrast is ~1e-8 of the top's. The

@@ -32,7 +32,7 @@ fixed T/K) and reads the criterion once, after the last step.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -86,20 +86,25 @@ def step(
     drives: Sequence[Tensor],
     schedule: Schedule,
     state_drive: StateDrive | None = None,
+    zero: Collection[int] = (),
 ) -> list[Tensor]:
     """One step of the schedule: s_k <- rho_k(h_k) for each group in turn.
 
-    Returns a new list; the input list is not modified.
+    ``zero``: layers whose states are exactly zero at the start of the step (the free phase's
+    first step); their blocks are skipped until their group is updated, which saves the
+    products with zero and changes no bit. Returns a new list; the input list is not modified.
     """
     new = list(state)
+    still_zero = set(zero)
     for group in schedule:
         extra = state_drive(new) if state_drive is not None else {}
         pre = []
         for k in group:
             drive = drives[k] + extra[k] if k in extra else drives[k]
-            pre.append(net.preactivation(k, new, drive))
+            pre.append(net.preactivation(k, new, drive, still_zero))
         for k, h in zip(group, pre, strict=True):
             new[k] = net.activations[k].fn(h)
+        still_zero.difference_update(group)
     return new
 
 
@@ -280,8 +285,12 @@ def relax(
     *,
     criterion: Criterion = state_criterion,
     agree: Agree | None = None,
+    zero_start: bool = False,
 ) -> tuple[list[Tensor], PhaseStats]:
     """Relax the network from ``state`` for at most ``max_steps`` steps of ``schedule``.
+
+    ``zero_start``: ``state`` is all zeros (the free phase), so the first step skips the
+    products with layers not yet updated (:func:`step`; the states are the same bits).
 
     :func:`solve` over :func:`step`: s_{t+1} = step(s_t), stopping on ``criterion``
     (default :func:`state_criterion`; the nudged phase passes :func:`contrast_criterion`),
@@ -291,8 +300,16 @@ def relax(
     :func:`solve` (the analyses record trajectories so).
     """
     groups = net.schedule(schedule) if isinstance(schedule, str) else schedule
+    first = range(len(state)) if zero_start else ()
+    steps_taken = 0
+
+    def advance(current: list[Tensor]) -> list[Tensor]:
+        nonlocal steps_taken
+        steps_taken += 1
+        return step(net, current, drives, groups, state_drive, first if steps_taken == 1 else ())
+
     return solve(
-        lambda current: step(net, current, drives, groups, state_drive),
+        advance,
         state,
         max_steps,
         tolerance,
@@ -318,11 +335,22 @@ def free_phase(
 
     ``drives`` is :meth:`CompiledNetwork.input_drive` of the batch; the start state has its
     batch size, dtype and device. Every learner and analysis starts its free phase here. It
-    stops on :func:`state_criterion`, each decision through ``agree``.
+    stops on :func:`state_criterion`, each decision through ``agree``; its first step skips
+    the products with layers still at zero (``zero_start`` of :func:`relax`).
     """
     first = drives[0]
     start = net.layout.zeros(first.shape[0], dtype=first.dtype, device=first.device)
-    return relax(net, start, drives, schedule, max_steps, tolerance, check_every, agree=agree)
+    return relax(
+        net,
+        start,
+        drives,
+        schedule,
+        max_steps,
+        tolerance,
+        check_every,
+        agree=agree,
+        zero_start=True,
+    )
 
 
 def divergence_message(net: CompiledNetwork, step_index: int) -> str:
