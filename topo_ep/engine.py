@@ -108,9 +108,10 @@ def step(
     return new
 
 
-def flat_state(state: Sequence[Tensor]) -> Tensor:
-    """The layers of ``state`` side by side, (batch, total units)."""
-    return torch.cat([layer.flatten(1) for layer in state], dim=1)
+def _largest_magnitude(layer: Tensor) -> Tensor:
+    """max_i |s_{b,i}| per example, shape (batch,), without allocating |s|."""
+    flat = layer.flatten(1)
+    return torch.maximum(flat.amax(dim=1), flat.amin(dim=1).neg())
 
 
 def state_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> Tensor:
@@ -120,29 +121,17 @@ def state_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> Tensor:
 
     The max-norm bounds every unit's change, whatever the layer sizes (an RMS over all units
     would dilute a small layer that is still moving); the denominator makes it absolute for
-    states in [-1, 1] and relative for larger ones.
+    states in [-1, 1] and relative for larger ones. One temporary per layer (the difference).
     """
-    current = flat_state(new)
-    change = (current - flat_state(old)).abs().amax(dim=1)
-    return change / current.abs().amax(dim=1).clamp(min=1.0)
+    pairs = zip(new, old, strict=True)
+    change = torch.stack([(a - b).flatten(1).abs_().amax(dim=1) for a, b in pairs])
+    size = torch.stack([_largest_magnitude(a) for a in new])
+    return change.amax(dim=0) / size.amax(dim=0).clamp(min=1.0)
 
 
 def state_criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
     """max_b r_b / tolerance (:func:`state_change`), a 0-d tensor (no host sync)."""
     return state_change(new, old).amax() / tolerance
-
-
-def _same_size_groups(state: Sequence[Tensor]) -> list[list[int]]:
-    """Indices of the layers, grouped by units per example (declaration order kept)."""
-    groups: dict[int, list[int]] = {}
-    for index, layer in enumerate(state):
-        groups.setdefault(layer[0].numel(), []).append(index)
-    return list(groups.values())
-
-
-def _stacked(state: Sequence[Tensor], indices: list[int]) -> Tensor:
-    """Layers of one size stacked as (batch, layers, units)."""
-    return torch.stack([state[k].flatten(1) for k in indices], dim=1)
 
 
 def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
@@ -156,31 +145,30 @@ def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
 
         max_b max( r_b / tol, max_k ||Delta c||_{b,k} / max(tol ||c||_{b,k}, 16 eps sqrt(n_k)) )
 
-    with r_b of :func:`state_change`. Layers of one size are stacked and reduced together, so
-    a deep net of equal widths costs a few products per check, whatever its depth.
+    with r_b of :func:`state_change`. Per layer it allocates one temporary, reused for the
+    change and the contrast, and reduces it to per-example numbers.
     """
-    if not free or free[0].shape[0] == 0:
+    references = [layer.flatten(1) for layer in free]
+    if not references or references[0].shape[0] == 0:
         return state_criterion
-    groups = _same_size_groups(free)
-    references = [_stacked(free, indices) for indices in groups]
-    eps = torch.finfo(free[0].dtype).eps
-    floors = [16.0 * eps * math.sqrt(ref.shape[2]) for ref in references]
+    eps = torch.finfo(references[0].dtype).eps
+    floors = [16.0 * eps * math.sqrt(ref.shape[1]) for ref in references]
 
     def criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
-        worst_layer, change_max, state_max = [], [], []
-        for indices, reference, floor in zip(groups, references, floors, strict=True):
-            current = _stacked(new, indices)
-            change = current - _stacked(old, indices)
-            change_norm = torch.linalg.vector_norm(change, dim=2)
-            contrast_norm = torch.linalg.vector_norm(current - reference, dim=2)
-            bound = torch.clamp(tolerance * contrast_norm, min=floor)
-            worst_layer.append((change_norm / bound).amax())
-            change_max.append(change.abs().amax(dim=(1, 2)))
-            state_max.append(current.abs().amax(dim=(1, 2)))
-        change_b = torch.stack(change_max).amax(dim=0)
-        state_b = torch.stack(state_max).amax(dim=0).clamp(min=1.0)
-        states = (change_b / state_b).amax() / tolerance
-        return torch.maximum(torch.stack(worst_layer).amax(), states)
+        layers, changes, sizes = [], [], []
+        for current, previous, reference, floor in zip(new, old, references, floors, strict=True):
+            current, previous = current.flatten(1), previous.flatten(1)
+            work = current - previous
+            change_norm = torch.linalg.vector_norm(work, dim=1)
+            changes.append(work.abs_().amax(dim=1))
+            torch.sub(current, reference, out=work)
+            contrast_norm = torch.linalg.vector_norm(work, dim=1)
+            layers.append(change_norm / torch.clamp(tolerance * contrast_norm, min=floor))
+            sizes.append(_largest_magnitude(current))
+        change = torch.stack(changes).amax(dim=0)
+        size = torch.stack(sizes).amax(dim=0).clamp(min=1.0)
+        states = (change / size).amax() / tolerance
+        return torch.maximum(torch.stack(layers).amax(), states)
 
     return criterion
 
