@@ -59,6 +59,14 @@ def summarise(metrics: list[dict]) -> dict:
     }
 
 
+def parse_run(parser: argparse.ArgumentParser, text: str) -> tuple[str, int]:
+    """``ep:0`` as ("ep", 0)."""
+    method, _, seed = text.partition(":")
+    if not method or not seed.isdigit():
+        parser.error(f"--runs takes METHOD:SEED items such as ep:0; got {text!r}")
+    return method, int(seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("topology")
@@ -67,15 +75,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=["ep", "bp"])
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        metavar="METHOD:SEED",
+        help="the (method, seed) runs, e.g. ep:0 ep:1 bp:0 (default: every method x seed)",
+    )
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
+    if args.runs is None:
+        runs = [(method, seed) for seed in args.seeds for method in args.methods]
+    else:
+        runs = [parse_run(parser, text) for text in args.runs]
+        args.methods = list(dict.fromkeys(method for method, _ in runs))
     rows = []
-    for seed in args.seeds:
-        for method in args.methods:
-            metrics = run_one(args, method, seed, out / f"{method}_s{seed}")
-            rows.append({"method": method, "seed": seed, **summarise(metrics)})
+    for method, seed in runs:
+        metrics = run_one(args, method, seed, out / f"{method}_s{seed}")
+        rows.append({"method": method, "seed": seed, **summarise(metrics)})
     lines = [
         f"# {Path(args.topology).stem} on {args.dataset}: "
         + " against ".join(method.upper() for method in args.methods),

@@ -36,9 +36,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "blocks.dense",
         "blocks.sparse",
         "blocks.readout",
+        "blocks.bias",
+        "blocks.pooling",
+        "blocks.conv",
+        "blocks.pooled",
     ),
     # compiling into tensors and block operators, and their spectrum
-    ("compiler", "spectral"),
+    ("compiler", "spectral", "eigen", "gain_radius"),
     # relaxation
     ("engine", "energy", "fixed_points"),
     # learners

@@ -62,7 +62,7 @@ def operands(rows=9, cols=7, batch=5):
 
 # ---------------------------------------------------------------------------- registry
 def test_every_block_kind_has_a_schema_and_a_class():
-    assert BLOCKS.names() == BLOCK_KINDS.names() == ("dense", "sparse")
+    assert BLOCKS.names() == BLOCK_KINDS.names() == ("dense", "sparse", "conv", "pooled")
 
 
 def test_every_compiled_block_follows_the_protocol():
@@ -369,7 +369,7 @@ def test_compile_prints_kind_density_and_backend(tmp_path, capsys):
             "kind: sparse, density: 0.3",
             "kind: sprase, density: 0.3",
             r"chain\.yaml:12:44: edges\[1\]\.block\.kind: 'sprase' is not allowed; "
-            r"expected one of dense, sparse; did you mean 'sparse'",
+            r"expected one of dense, sparse, conv, pooled; did you mean 'sparse'",
         ),
         ("density: 0.3, seed: 2", "density: 3, seed: 2", r"block\.density: 3 is not a density"),
         ("density: 0.3, seed: 2", "dens: 0.3, seed: 2", r"'dens'.*did you mean 'density'"),

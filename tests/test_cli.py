@@ -33,16 +33,26 @@ def _expected_counts(spec: TopologySpec) -> tuple[int, int]:
                 size = spec.size_of(edge.target) * row_count(
                     edge.block.option("density"), spec.size_of(edge.source)
                 )
+        if edge.block.kind == "conv":  # the kernel
+            kernel = edge.block.option("kernel")
+            size = spec.grid_of(edge.target)[0] * spec.grid_of(edge.source)[0] * kernel**2
         if edge.learned:
             learned += size
         else:
             fixed += size
-    learned += sum(layer.size for layer in spec.layers if layer.bias)
+    # one bias per unit, or per channel for a [C, H, W] layer
+    learned += sum(
+        layer.grid[0] if len(layer.grid) == 3 else layer.size for layer in spec.layers if layer.bias
+    )
     readout = spec.readout
     top = spec.size_of(readout.source)
+    if readout.block.kind == "pooled":  # W reads the pooled source
+        channels, height, width = spec.grid_of(readout.source)
+        size = dict(readout.block.option("pool"))["size"]
+        top = channels * (height // size) * (width // size)
     learned += readout.size * top + (readout.size if readout.bias else 0)
-    if readout.feedback == "random":
-        fixed += readout.size * top
+    if readout.feedback == "random":  # a dense matrix of the whole source
+        fixed += readout.size * spec.size_of(readout.source)
     return learned, fixed
 
 

@@ -63,6 +63,7 @@ def test_ship_exactly_the_documented_topologies() -> None:
         "agt_10x64",
         "quickstart",
         "sparse_2x1024",
+        "conv_mnist",
     }
 
 

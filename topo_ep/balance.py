@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from topo_ep.block_schema import state_dependence
 from topo_ep.errors import TopoEpError
 from topo_ep.graph import feedforward_order
 from topo_ep.spec import INPUT, TopologySpec
@@ -117,6 +118,9 @@ def analyse_balance(spec: TopologySpec, rel_tol: float = 1e-9) -> Balance:
 
         w_B * up = w_A * down.
 
+    A coupling whose block depends on the state (a max pooling: :func:`~topo_ep.block_schema.
+    state_dependence`) is no fixed M_kj at all, so no such energy exists.
+
     So a coupling with both gains zero is no coupling at all; a coupling with exactly one
     zero gain (no tied feedback, random feedback, or a zero feedback or forward gain) is
     one-way: the dynamics are feedforward across it and no energy exists. Couplings with both
@@ -140,6 +144,14 @@ def analyse_balance(spec: TopologySpec, rel_tol: float = 1e-9) -> Balance:
         The verdict, the scales c_k = sqrt(w_k) or the cycle that breaks the balance.
     """
     links = couplings(spec)
+    for link in links:
+        why = _state_dependence(spec, link)
+        if why is not None:
+            reason = (
+                f"no energy: {link.edges[0]} {why}, so the coupling between {link.source} and "
+                f"{link.target} is not a fixed linear map (state-dependent pooling)"
+            )
+            return Balance(False, None, [link.source, link.target], reason, None, link.edges)
     for link in links:
         if (link.up > 0) != (link.down > 0):
             return _one_way(spec, link)
@@ -201,6 +213,23 @@ def analyse_balance(spec: TopologySpec, rel_tol: float = 1e-9) -> Balance:
             f"{cycles} independent cycle{'s' if cycles != 1 else ''}"
         )
     return Balance(True, scales, None, reason, None, (), cycles)
+
+
+def _state_dependence(spec: TopologySpec, link: Coupling) -> str | None:
+    """Why the owning edge of ``link`` depends on the state, or ``None``."""
+    owner = next(edge for edge in spec.edges if edge.key == link.edges[0])
+    return state_dependence(owner.block)
+
+
+def state_dependent_couplings(spec: TopologySpec) -> tuple[str, ...]:
+    """One phrase per coupling between hidden layers whose block depends on the state (a max
+    pooling), ``"<edge key> <why>"``; empty when every coupling is a fixed linear map. Then
+    there is no hidden operator M: no spectrum, no fixed-point Jacobian ``diag(rho') M``."""
+    return tuple(
+        f"{link.edges[0]} {why}"
+        for link in couplings(spec)
+        if (why := _state_dependence(spec, link)) is not None
+    )
 
 
 def _one_way(spec: TopologySpec, link: Coupling) -> Balance:

@@ -52,6 +52,10 @@ KindOptions = Callable[[FieldChecker, Mapping[str, Any], tuple, Placement], Opti
 #: YAML block kind -> the checker of its options.
 BLOCK_KINDS: Registry[KindOptions] = Registry("block kind")
 
+#: Why a kind's map depends on the state, from its options (``None``: a fixed linear map). A kind
+#: that is always linear does not register here.
+STATE_DEPENDENCE: Registry[Callable[[Options], str | None]] = Registry("state-dependent kind")
+
 #: Storage backends of the sparse kind; ``auto`` picks one by :mod:`topo_ep.blocks.dispatch`.
 SPARSE_BACKENDS = ("auto", "dense", "torch.sparse", "torch-sparse")
 #: Connection patterns of the sparse kind.
@@ -71,6 +75,15 @@ def parse_block(check: FieldChecker, value: Any, path: tuple, where: Placement) 
         value, path, "kind", lambda v, p: check.choice(v, p, BLOCK_KINDS.names()), "dense"
     )
     return BlockSpec(kind, BLOCK_KINDS.get(kind)(check, value, path, where))
+
+
+def state_dependence(block: BlockSpec) -> str | None:
+    """Why ``block``'s map depends on the current state (words that follow the edge's key), or
+    ``None`` when it is a fixed linear map. Then the network has no energy and no fixed
+    operator (:func:`topo_ep.balance.analyse_balance`)."""
+    if block.kind not in STATE_DEPENDENCE:
+        return None
+    return STATE_DEPENDENCE.get(block.kind)(block.options)
 
 
 @BLOCK_KINDS.register("dense")
@@ -152,3 +165,192 @@ def _density(check: FieldChecker, value: Any, path: tuple) -> float:
             "absurd-number", f"{density:g} is not a density; expected a value in (0, 1]", path
         )
     return density
+
+
+#: Pooling kinds a conv block may apply to its source.
+POOL_KINDS = ("max", "avg")
+#: Largest kernel, stride, padding or pooling size accepted.
+CONV_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The shapes of a conv block ``g conv(pool(x))``, from its options and the two layers.
+
+    Attributes
+    ----------
+    source
+        The source's ``[C_in, H, W]``.
+    pooled
+        ``[C_in, H // size, W // size]`` after the pooling (the source's shape without one).
+    output
+        ``[C_out, H_o, W_o]`` with ``H_o = (H_p + 2 padding - kernel) // stride + 1``; C_out is
+        the target's channel count.
+    kernel, stride, padding
+        The convolution's settings.
+    pool, pool_size
+        ``max``, ``avg`` or ``None``, and the window (and step) of the pooling.
+    """
+
+    source: tuple[int, int, int]
+    pooled: tuple[int, int, int]
+    output: tuple[int, int, int]
+    kernel: int
+    stride: int
+    padding: int
+    pool: str | None
+    pool_size: int
+
+    @classmethod
+    def of(
+        cls, options: Options, source: tuple[int, ...], out_channels: int
+    ) -> ConvGeometry | None:
+        """The geometry of ``options`` from ``source`` ([C, H, W]) into ``out_channels``
+        channels, or ``None`` when a dimension would be empty."""
+        values = dict(options)
+        kernel, stride, padding = values["kernel"], values["stride"], values["padding"]
+        pool = dict(values["pool"]) if values.get("pool") is not None else None
+        size = pool["size"] if pool else 1
+        channels, height, width = source
+        pooled = (channels, height // size, width // size)
+        rows = (pooled[1] + 2 * padding - kernel) // stride + 1
+        cols = (pooled[2] + 2 * padding - kernel) // stride + 1
+        if min(pooled[1], pooled[2], rows, cols) < 1:
+            return None
+        return cls(
+            (channels, height, width),
+            pooled,
+            (out_channels, rows, cols),
+            kernel,
+            stride,
+            padding,
+            pool["kind"] if pool else None,
+            size,
+        )
+
+    def describe(self, source: str) -> str:
+        """``max-pool 2x2, then conv 5x5 stride 1 padding 0 from h1 [32, 24, 24]``."""
+        pool = f"{self.pool}-pool {self.pool_size}x{self.pool_size}, then " if self.pool else ""
+        return (
+            f"{pool}conv {self.kernel}x{self.kernel} stride {self.stride} padding "
+            f"{self.padding} from {source} {list(self.source)}"
+        )
+
+
+@BLOCK_KINDS.register("conv")
+def conv_options(
+    check: FieldChecker, data: Mapping[str, Any], path: tuple, where: Placement
+) -> Options:
+    """A 2-D convolution of the source's channels into the target's, after an optional pooling.
+
+    Both layers are arranged as ``shape: [channels, height, width]``. ``kernel`` (required,
+    square), ``stride`` (default 1) and ``padding`` (zeros, default 0) set the convolution;
+    ``pool: {kind: max|avg, size: n}`` pools the source in n x n windows of step n first. The
+    output channels are the target's; its height and width must be what the convolution gives.
+    """
+    keys = ("kind", "kernel", "stride", "padding", "pool")
+    check.mapping(data, path, keys, ("kernel",), "conv block mapping")
+
+    def setting(low: int) -> Callable[[Any, tuple], int]:
+        return lambda v, p: check.integer(v, p, low, CONV_LIMIT)
+
+    kernel = check.get(data, path, "kernel", setting(1))
+    stride = check.get(data, path, "stride", setting(1), 1)
+    padding = check.get(data, path, "padding", setting(0), 0)
+    pool = check.get(data, path, "pool", lambda v, p: _pool(check, v, p), None)
+    if where.init == "identity":
+        raise check.error(
+            "invalid-value",
+            "init: identity needs a dense block; a conv kernel starts from glorot_uniform "
+            "(uniform in +-1/sqrt(fan in)) or zeros",
+            path + ("kind",),
+        )
+    for end, grid in ((where.source, where.source_grid), (where.target, where.target_grid)):
+        if len(grid) != 3:
+            raise check.error(
+                "size-mismatch",
+                f"a conv block joins layers arranged as [channels, height, width]; {end} has "
+                f"shape {list(grid)} (declare 'shape: [C, H, W]' on it)",
+                path + ("kind",),
+            )
+    options: Options = (
+        ("kernel", kernel),
+        ("stride", stride),
+        ("padding", padding),
+        ("pool", pool),
+    )
+    source = (where.source_grid[0], where.source_grid[1], where.source_grid[2])
+    geometry = ConvGeometry.of(options, source, where.target_grid[0])
+    if geometry is None:
+        raise check.error(
+            "size-mismatch",
+            f"the pooling and {kernel}x{kernel} kernel (stride {stride}, padding {padding}) "
+            f"leave nothing of {where.source} {list(where.source_grid)}",
+            path + ("kernel",),
+        )
+    if geometry.output != tuple(where.target_grid):
+        raise check.error(
+            "size-mismatch",
+            f"{geometry.describe(where.source)} gives {list(geometry.output)}, but "
+            f"{where.target} declares {list(where.target_grid)}",
+            path,
+        )
+    return options
+
+
+def _pool(check: FieldChecker, value: Any, path: tuple) -> Options:
+    """``{kind: max|avg, size: n}`` as ``(("kind", ...), ("size", n))``."""
+    data = check.mapping(value, path, ("kind", "size"), ("kind", "size"), "pool mapping")
+    kind = check.get(data, path, "kind", lambda v, p: check.choice(v, p, POOL_KINDS))
+    size = check.get(data, path, "size", lambda v, p: check.integer(v, p, 1, CONV_LIMIT))
+    return (("kind", kind), ("size", size))
+
+
+@BLOCK_KINDS.register("pooled")
+def pooled_options(
+    check: FieldChecker, data: Mapping[str, Any], path: tuple, where: Placement
+) -> Options:
+    """A dense matrix W (target size x pooled source size) applied after pooling the source:
+    ``g W pool(x)``. The source is arranged as ``[C, H, W]``; ``pool: {kind: max|avg, size: n}``
+    is required. The paper's readout reads max-pool(h2) this way."""
+    check.mapping(data, path, ("kind", "pool"), ("pool",), "pooled block mapping")
+    pool = check.get(data, path, "pool", lambda v, p: _pool(check, v, p))
+    if where.init == "identity":
+        raise check.error(
+            "invalid-value",
+            "init: identity needs a dense block; a pooled block starts from glorot_uniform "
+            "or zeros",
+            path + ("kind",),
+        )
+    if len(where.source_grid) != 3:
+        raise check.error(
+            "size-mismatch",
+            f"a pooled block pools a layer arranged as [channels, height, width]; "
+            f"{where.source} has shape {list(where.source_grid)} (declare 'shape: [C, H, W]')",
+            path + ("kind",),
+        )
+    size = dict(pool)["size"]
+    channels, height, width = where.source_grid
+    if height // size < 1 or width // size < 1:
+        raise check.error(
+            "size-mismatch",
+            f"a {size}x{size} pooling leaves nothing of {where.source} {list(where.source_grid)}",
+            path + ("pool", "size"),
+        )
+    return (("pool", pool),)
+
+
+def pooled_shape(options: Options, source: tuple[int, ...]) -> tuple[int, int, int]:
+    """``[C, H // n, W // n]``: the shape of a pooled block's source after its pooling."""
+    size = dict(dict(options)["pool"])["size"]
+    return (source[0], source[1] // size, source[2] // size)
+
+
+@STATE_DEPENDENCE.register("conv")
+@STATE_DEPENDENCE.register("pooled")
+def max_pooling_dependence(options: Options) -> str | None:
+    """A max pooling of the source picks the argmax of the current state."""
+    pool = dict(options).get("pool")
+    if pool is None or dict(pool)["kind"] != "max":
+        return None
+    return "max-pools its source (the pooling picks the argmax of the current state)"

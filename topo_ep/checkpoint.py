@@ -8,6 +8,7 @@ checkpoint) and checks the structure and the types of the payload in one place
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import stat
@@ -39,7 +40,15 @@ SETTING_TYPES: dict[str, tuple[type, ...]] = {
 #: The dtypes a checkpoint may be trained in.
 DTYPE_NAMES = ("float32", "float64")
 #: Fields of a metrics record that hold numbers (accuracies may be null: an empty split).
-_METRIC_NUMBERS = ("train_loss", "train_acc", "seconds", "free_steps", "nudged_steps")
+_METRIC_NUMBERS = (
+    "train_loss",
+    "train_acc",
+    "seconds",
+    "free_steps",
+    "nudged_steps",
+    "feedback_scale",
+    "spectral_radius",
+)
 _METRIC_OPTIONAL = ("val_acc", "test_acc")
 
 
@@ -171,7 +180,8 @@ def check_payload(payload: Any, source: str | os.PathLike) -> None:
     (integer >= 1) and ``method`` (a method's name; the caller that builds it checks the
     learning-method registry). Checked when present: ``format``,
     ``settings`` (each of :data:`SETTING_TYPES`), ``optimizer`` (``state`` and
-    ``param_groups``), ``metrics`` (one record per epoch, 1 to ``epoch``) and ``versions``.
+    ``param_groups``), ``metrics`` (one record per epoch, 1 to ``epoch``), ``versions`` and
+    ``feedback_scale`` (the scale of the feedback gains of a topology with a target radius).
 
     Raises
     ------
@@ -207,6 +217,9 @@ def check_payload(payload: Any, source: str | os.PathLike) -> None:
         _check_metrics(payload["metrics"], epoch, where)
     if "versions" in payload and not isinstance(payload["versions"], dict):
         raise _bad(where, "versions", "a mapping", payload["versions"])
+    scale = payload.get("feedback_scale", 1.0)
+    if not _is_number(scale) or not (math.isfinite(scale) and scale > 0):
+        raise _bad(where, "feedback_scale", "a positive finite number", scale)
 
 
 def _check_model(model: Any, where: Path) -> None:

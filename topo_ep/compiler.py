@@ -16,6 +16,7 @@ where A_jk is W (forward, skip, random feedback) or W_partner^T (tied feedback).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Container
 from dataclasses import dataclass, replace
@@ -28,7 +29,15 @@ from torch import Tensor, nn
 from topo_ep.activations import Activation, get_activation
 from topo_ep.balance import Balance, analyse_balance, require_gain_factors
 from topo_ep.blocks import BLOCKS, READOUT, Block, BlockContext, BlockKind, Joined, ReadoutHead
+from topo_ep.blocks.bias import LayerBias, bias_shape
 from topo_ep.errors import TopoEpError
+from topo_ep.gain_radius import (
+    GainSolution,
+    ScaledOperator,
+    layer_levels,
+    scale_lines,
+    solve_feedback_scale,
+)
 from topo_ep.graph import feedforward_order
 from topo_ep.initial import glorot_uniform, tensor_generator
 from topo_ep.layout import Layout
@@ -128,7 +137,8 @@ def parameter_bytes(spec: TopologySpec, dtype: torch.dtype) -> int:
     contexts = [edge_context(spec, e, 0, dtype) for e in spec.edges if not e.is_tied]
     contexts += [c for c in readout_contexts(spec, 0, dtype) if c is not None]
     counts = [BLOCKS.get(c.block.kind).stored_entries(c) for c in contexts]
-    counts += [layer.size for layer in spec.layers if layer.bias] + [spec.readout.size]
+    counts += [math.prod(bias_shape(layer.grid)) for layer in spec.layers if layer.bias]
+    counts += [spec.readout.size]
     itemsize = torch.empty((), dtype=dtype).element_size()
     return sum(counts) * itemsize + max(counts) * 8
 
@@ -210,6 +220,23 @@ class CompiledNetwork(nn.Module):
         in every dtype, on every device and in every declaration order.
     dtype, device
         Where the tensors live.
+    feedback_scale
+        For a topology with a target radius (``feedback_gain: {spectral_radius: r}``): the
+        scale of its feedback gains to use, such as one stored in a checkpoint, instead of
+        solving for it.
+
+    Attributes
+    ----------
+    spec
+        The topology the network runs: ``declared_spec`` itself, or, with a target radius,
+        ``declared_spec`` with every feedback gain scaled by :attr:`feedback_scale` and no
+        ``feedback_gain`` target (compiling it again gives the same network).
+    declared_spec
+        The topology as given.
+    feedback_scale
+        The scale c applied to every declared feedback gain; ``None`` without a target.
+    gain_solution
+        How c was last solved (:class:`~topo_ep.gain_radius.GainSolution`), or ``None``.
     """
 
     def __init__(
@@ -219,9 +246,18 @@ class CompiledNetwork(nn.Module):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        feedback_scale: float | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
+        self.declared_spec = spec
+        self.feedback_scale: float | None = None
+        self.gain_solution: GainSolution | None = None
+        if feedback_scale is not None and spec.feedback_gain is None:
+            raise TopoEpError(
+                f"topology {spec.name!r} declares no feedback_gain target, so a feedback scale "
+                f"({feedback_scale:g}) does not apply"
+            )
         self.layout = Layout(spec.layer_names, tuple(layer.size for layer in spec.layers))
         self.activations: tuple[Activation, ...] = tuple(
             get_activation(layer.activation) for layer in spec.layers
@@ -257,7 +293,8 @@ class CompiledNetwork(nn.Module):
             bindings[edge.key] = EdgeBinding(edge, name, edge.learned, -1)
         for layer in spec.layers:
             if layer.bias:
-                self.biases[layer.name] = nn.Parameter(torch.zeros(layer.size, dtype=dtype))
+                shape = bias_shape(layer.grid)
+                self.biases[layer.name] = nn.Parameter(torch.zeros(shape, dtype=dtype))
         # Declaration order of edges fixes the block order.
         self.bindings: dict[str, EdgeBinding] = {
             edge.key: bindings[edge.key] for edge in spec.edges
@@ -265,6 +302,11 @@ class CompiledNetwork(nn.Module):
         self._register_load_state_dict_pre_hook(self._upgrade_state_dict)
         self._bind_blocks()
         self.to(device)
+        if spec.feedback_gain is not None:
+            if feedback_scale is None:
+                self.solve_feedback_scale()
+            else:
+                self.set_feedback_scale(feedback_scale)
 
     # ------------------------------------------------------------------ blocks
     def _bind_blocks(self) -> None:
@@ -346,6 +388,90 @@ class CompiledNetwork(nn.Module):
                 raise RuntimeError(f"{key}: expected integers ({mine.dtype}), got fractions")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
+    # ------------------------------------------------------------------ feedback scale
+    def scaled_operator(self, method: str = "auto") -> ScaledOperator:
+        """M(c) = F + c B with B at the declared feedback gains (:mod:`topo_ep.gain_radius`)."""
+        forward: list[Block] = []
+        feedback: list[Block] = []
+        for binding in self.bindings.values():
+            if binding.edge.source == INPUT:
+                continue
+            part = feedback if binding.edge.kind == "feedback" else forward
+            part.append(self.blocks[binding.block])
+        current = 1.0 if self.feedback_scale is None else self.feedback_scale
+        return ScaledOperator(
+            self.layout,
+            forward,
+            feedback,
+            current,
+            dtype=self.dtype,
+            device=self.device,
+            method=method,
+        )
+
+    def solve_feedback_scale(self, method: str = "auto") -> GainSolution:
+        """Solve the scale c of the declared feedback gains for which the hidden operator's
+        spectral radius is the target, with the current weights, and apply it.
+
+        Starts from the current scale. See :func:`topo_ep.gain_radius.solve_feedback_scale`.
+
+        Raises
+        ------
+        TopoEpError
+            Without a ``feedback_gain`` target, or when the target cannot be reached.
+        """
+        declared = self.declared_spec
+        target = declared.feedback_gain
+        if target is None:
+            raise TopoEpError(f"topology {declared.name!r} declares no feedback_gain target")
+        gains = [abs(e.gain) for e in declared.edges if e.kind == "feedback"]
+        solution = solve_feedback_scale(
+            self.scaled_operator(method),
+            target.spectral_radius,
+            graded=layer_levels(declared.layer_names, declared.edges) is not None,
+            largest_gain=max(gains),
+            start=1.0 if self.feedback_scale is None else self.feedback_scale,
+            label=f"topology {declared.name!r}: feedback_gain.spectral_radius",
+        )
+        self.set_feedback_scale(solution.scale)
+        self.gain_solution = solution
+        return solution
+
+    def set_feedback_scale(self, scale: float) -> None:
+        """Make every feedback gain its declared value times ``scale``: in the blocks, the
+        bindings and :attr:`spec`; the balance and the gain factors are recomputed on next
+        use.
+
+        Raises
+        ------
+        TopoEpError
+            Without a ``feedback_gain`` target, for a scale that is not a positive finite
+            number, or when a scaled gain is beyond what the dtype holds.
+        """
+        declared = self.declared_spec
+        if declared.feedback_gain is None:
+            raise TopoEpError(f"topology {declared.name!r} declares no feedback_gain target")
+        scale = float(scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise TopoEpError(f"a feedback scale must be a positive finite number, got {scale}")
+        edges = tuple(
+            replace(edge, gain=edge.gain * scale) if edge.kind == "feedback" else edge
+            for edge in declared.edges
+        )
+        spec = replace(declared, edges=edges, feedback_gain=None)
+        require_representable(spec, self.dtype)
+        bindings = {}
+        for edge, (key, binding) in zip(edges, self.bindings.items(), strict=True):
+            if edge.kind == "feedback":
+                self.blocks[binding.block].gain = edge.gain
+            bindings[key] = replace(binding, edge=edge)
+        self.bindings = bindings
+        self.spec = spec
+        self.feedback_scale = scale
+        self.gain_solution = None
+        for cached in ("balance", "gain_factors"):
+            self.__dict__.pop(cached, None)
+
     # ------------------------------------------------------------------ properties
     @property
     def dtype(self) -> torch.dtype:
@@ -378,6 +504,11 @@ class CompiledNetwork(nn.Module):
     def block_of(self, edge_key: str) -> Block:
         """The block a declared edge became."""
         return self.blocks[self.bindings[edge_key].block]
+
+    def bias_of(self, layer: str) -> LayerBias:
+        """The learned bias of a hidden layer as a per-unit view (:class:`~topo_ep.blocks.
+        bias.LayerBias`): per unit, or per channel for a ``[C, H, W]`` layer."""
+        return LayerBias(self.biases[layer], self.spec.layer(layer).grid)
 
     def weight_of(self, edge_key: str) -> Tensor:
         """The tensor a declared edge uses (the partner's, for tied feedback): W for a dense
@@ -461,7 +592,7 @@ class CompiledNetwork(nn.Module):
         for k, size in enumerate(self.layout.sizes):
             name = self.layout.names[k]
             if name in self.biases:
-                acc = self.biases[name].expand(x.shape[0], size)
+                acc = self.bias_of(name).expand(x.shape[0])
             else:
                 acc = x.new_zeros(x.shape[0], size)
             for block in self.input_blocks[k]:
@@ -566,6 +697,8 @@ class CompiledNetwork(nn.Module):
         learned = sum(p.numel() for p in self.parameters())
         fixed = sum(b.numel() for b in self.buffers() if b.is_floating_point())
         lines.append(f"parameters: {learned} learned, {fixed} fixed")
+        if self.feedback_scale is not None:
+            lines.extend(scale_lines(self.declared_spec, self.feedback_scale, self.gain_solution))
         return "\n".join(lines)
 
 
@@ -581,6 +714,13 @@ def compile_topology(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    feedback_scale: float | None = None,
 ) -> CompiledNetwork:
-    """Compile a topology into tensors and block operators (see :class:`CompiledNetwork`)."""
-    return CompiledNetwork(spec, seed=seed, dtype=dtype, device=device)
+    """Compile a topology into tensors and block operators (see :class:`CompiledNetwork`).
+
+    A topology with ``feedback_gain: {spectral_radius: r}`` has its feedback gains scaled to
+    that radius here, for the initial weights, unless ``feedback_scale`` gives the scale.
+    """
+    return CompiledNetwork(
+        spec, seed=seed, dtype=dtype, device=device, feedback_scale=feedback_scale
+    )

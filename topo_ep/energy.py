@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from topo_ep.balance import Balance
+from topo_ep.blocks import Joined
 from topo_ep.compiler import CompiledNetwork, Schedule
 from topo_ep.engine import relax
 from topo_ep.errors import TopoEpError
@@ -223,7 +224,8 @@ def held_nudge_term(
     with torch.no_grad():
         probabilities = net.readout(list(free))
         target = torch.nn.functional.one_hot(y, net.spec.readout.size).to(probabilities.dtype)
-        return nudge * net.head.feedback_of(target - probabilities)
+        top = free[net.top]
+        return nudge * net.head.feedback_of(target - probabilities, Joined(None, top))
 
 
 def energy_trace(

@@ -73,7 +73,9 @@ def evaluate_checkpoint(
     dataset_name = dataset or settings.get("dataset", "digits")
     dtype = DTYPES.get(settings.get("dtype", "float32"), torch.float32)
     target = resolve_device(device)
-    net = compile_topology(spec, seed=0, dtype=dtype, device=target)
+    net = compile_topology(
+        spec, seed=0, dtype=dtype, device=target, feedback_scale=payload.get("feedback_scale")
+    )
     try:
         net.load_state_dict(payload["model"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:

@@ -13,7 +13,9 @@ Two kinds of paths are special:
 
 - ``generate.*`` paths apply to the ``generate:`` block before it is expanded
   (``generate.depth=20``);
-- ``feedback_gain=V`` sets the gain of every feedback edge, after expansion.
+- ``feedback_gain=V`` sets the gain of every feedback edge, after expansion; a mapping
+  (``feedback_gain={spectral_radius: 0.5}``) sets the top-level ``feedback_gain`` field instead,
+  as ``feedback_gain.spectral_radius=0.5`` does.
 """
 
 from __future__ import annotations
@@ -128,6 +130,10 @@ def _apply(data: Any, override: Override, positions: dict[tuple, Location] | Non
     """Apply one override to ``data`` in place."""
     if not isinstance(data, dict):
         raise _error("the topology is not a mapping", override.text)
+    if override.parts == (FEEDBACK_GAIN,) and isinstance(override.value, dict):
+        data[FEEDBACK_GAIN] = copy.deepcopy(override.value)
+        _mark(positions, (FEEDBACK_GAIN,))
+        return
     if override.parts == (FEEDBACK_GAIN,):
         edges = data.get("edges")
         targets = [

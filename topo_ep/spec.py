@@ -51,8 +51,14 @@ class BlockSpec:
         return self.kind == "dense" and not self.options
 
     def to_dict(self) -> dict[str, Any]:
-        """``{kind: ..., **options}``, the YAML form."""
-        return {"kind": self.kind, **dict(self.options)}
+        """``{kind: ..., **options}``, the YAML form: an option whose value is itself a tuple of
+        ``(name, value)`` pairs (a conv block's ``pool``) is written as a mapping, an option of
+        value ``None`` (not set) is left out."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for name, value in self.options:
+            if value is not None:
+                out[name] = _option_to_plain(value)
+        return out
 
 
 @dataclass(frozen=True)
@@ -202,10 +208,28 @@ class TrainingSpec:
 
 
 @dataclass(frozen=True)
+class FeedbackGainSpec:
+    """One scale c for every feedback gain, chosen so that the hidden operator has a target
+    spectral radius (``feedback_gain: {spectral_radius: r}`` at the top of a topology).
+
+    Each feedback edge's declared gain g_e becomes c g_e, so their ratios are kept; c is solved
+    when the topology is compiled, with the initial weights, such that rho(F + c B) = r, where
+    F + c B is the gain-scaled hidden-to-hidden operator M (:mod:`topo_ep.gain_radius`).
+    ``every_epoch`` solves c again after each training epoch, since learning moves the radius.
+    """
+
+    spectral_radius: float
+    every_epoch: bool = False
+
+
+@dataclass(frozen=True)
 class TopologySpec:
     """A whole topology: input, hidden layers, readout, edges and run settings.
 
     ``origin`` records a ``generate:`` shorthand the spec was expanded from (or ``None``).
+    ``feedback_gain`` asks for the feedback gains to be scaled to a target spectral radius
+    (:class:`FeedbackGainSpec`); the gains of ``edges`` are then the declared ones, which the
+    compiled network scales (:attr:`topo_ep.compiler.CompiledNetwork.spec` holds the result).
     """
 
     name: str
@@ -215,6 +239,7 @@ class TopologySpec:
     edges: tuple[EdgeSpec, ...]
     dynamics: DynamicsSpec = field(default_factory=DynamicsSpec)
     training: TrainingSpec = field(default_factory=TrainingSpec)
+    feedback_gain: FeedbackGainSpec | None = None
     origin: dict[str, Any] | None = field(default=None, compare=False, hash=False)
     description: str = ""
 
@@ -288,6 +313,8 @@ class TopologySpec:
             _drop_unset_rates(item)
             edges.append(item)
         out["edges"] = edges
+        if self.feedback_gain is not None:
+            out["feedback_gain"] = asdict(self.feedback_gain)
         out["dynamics"] = asdict(self.dynamics)
         for key in ("nudged_schedule", "nudged_tolerance"):
             if out["dynamics"][key] is None:
@@ -308,6 +335,15 @@ def _drop_unset_rates(item: dict[str, Any]) -> None:
     for key in RATE_KEYS:
         if item.get(key, 0) is None:
             del item[key]
+
+
+def _option_to_plain(value: Any) -> Any:
+    """A block option in its YAML form: nested ``(name, value)`` pairs become a mapping."""
+    if isinstance(value, tuple) and all(
+        isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) for item in value
+    ):
+        return {name: _option_to_plain(inner) for name, inner in value}
+    return value
 
 
 def _block_to_dict(item: dict[str, Any], block: BlockSpec) -> None:

@@ -282,7 +282,7 @@ class Trainer:
         self.dataset = dataset_on(dataset, self.device)
         torch.manual_seed(settings.seed)
         self.net = compile_topology(spec, seed=settings.seed, dtype=self.dtype, device=self.device)
-        self.method = make_method(settings.method, spec)
+        self.method = make_method(settings.method, self.net.spec)
         #: The optimizer's groups with their base rates, in the optimizer's order.
         self.param_groups: list[ParamGroup] = param_groups(self.net, spec)
         self.optimizer = make_optimizer(self.net, spec)
@@ -304,7 +304,13 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "metrics": self.metrics,
             "versions": package_versions(),
+            **self._feedback_scale_entry(),
         }
+
+    def _feedback_scale_entry(self) -> dict[str, float]:
+        """``{"feedback_scale": c}`` for a topology with a target radius, else nothing."""
+        scale = self.net.feedback_scale
+        return {} if scale is None else {"feedback_scale": scale}
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint of the same topology and run settings.
@@ -344,6 +350,8 @@ class Trainer:
                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
             ) from None
         self._check_optimizer_state(path)
+        if "feedback_scale" in payload:
+            self.net.set_feedback_scale(payload["feedback_scale"])
         self.metrics = list(payload["metrics"])
         self.start_epoch = int(payload["epoch"]) + 1
 
@@ -519,6 +527,7 @@ class Trainer:
             totals = self.train_epoch(epoch)
             train_seconds = time.perf_counter() - started
             self._warn_unconverged(epoch, totals)
+            rescaled = self._solve_feedback_scale_again()
             _, val_acc = evaluate_split(self.method, self.net, self.dataset.val, eval_batch)
             _, test_acc = evaluate_split(self.method, self.net, self.dataset.test, eval_batch)
             n = max(1, totals.examples)
@@ -531,6 +540,7 @@ class Trainer:
                 "seconds": train_seconds,
                 "free_steps": totals.free_steps / max(1, totals.batches),
                 "nudged_steps": totals.nudged_steps / max(1, totals.batches),
+                **rescaled,
             }
             self.metrics.append(record)
             if self.out_dir is not None:
@@ -547,6 +557,16 @@ class Trainer:
                 f"{record['nudged_steps']:.1f} steps)"
             )
         return self.metrics
+
+    def _solve_feedback_scale_again(self) -> dict[str, float]:
+        """With ``feedback_gain: {every_epoch: true}``: solve the feedback scale again for the
+        weights the epoch left (the model evaluated and saved uses it) and return
+        ``feedback_scale`` and ``spectral_radius`` for the epoch's metrics; else nothing."""
+        target = self.spec.feedback_gain
+        if target is None or not target.every_epoch:
+            return {}
+        solution = self.net.solve_feedback_scale()
+        return {"feedback_scale": solution.scale, "spectral_radius": solution.radius}
 
     def _rewrite_metrics(self) -> None:
         """metrics.jsonl holds exactly the epochs of the checkpoint (drops lines of a crash)."""

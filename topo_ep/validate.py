@@ -17,9 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from topo_ep import graph
-from topo_ep.block_schema import Placement, parse_block
+from topo_ep.block_schema import Placement, parse_block, state_dependence
 from topo_ep.errors import Location
-from topo_ep.fields import MAX_EDGES, MAX_LAYERS, FieldChecker, show_value, suggest
+from topo_ep.fields import MAX_EDGES, MAX_LAYERS, MAX_SIZE, FieldChecker, show_value, suggest
 from topo_ep.schedules import SCHEDULES
 from topo_ep.spec import (
     ACTIVATIONS,
@@ -37,6 +37,7 @@ from topo_ep.spec import (
     BlockSpec,
     DynamicsSpec,
     EdgeSpec,
+    FeedbackGainSpec,
     InputSpec,
     LayerSpec,
     ReadoutSpec,
@@ -60,6 +61,7 @@ TOP_KEYS = (
     "edges",
     "dynamics",
     "training",
+    "feedback_gain",
     "generate",
     "origin",
 )
@@ -80,6 +82,7 @@ EDGE_KEYS = (
 )
 #: Most dimensions a layer ``shape`` may have (channels x height x width).
 MAX_SHAPE_DIMS = 3
+FEEDBACK_GAIN_KEYS = ("spectral_radius", "every_epoch")
 DYNAMICS_KEYS = (
     "schedule",
     "free_steps",
@@ -141,6 +144,32 @@ def _shape(check: FieldChecker, data: Mapping[str, Any], path: tuple) -> tuple[i
     return shape
 
 
+def _size_and_shape(
+    check: FieldChecker, data: Mapping[str, Any], path: tuple
+) -> tuple[int, tuple[int, ...] | None]:
+    """``size`` and ``shape`` of a layer or the input: either may be declared alone (the size
+    of a shape is the product of its dimensions, ``[C, H, W]`` for channels of images), and
+    both must agree when both are."""
+    shape = _shape(check, data, path)
+    if "size" in data or shape is None:
+        if "size" not in data:
+            raise check.error(
+                "missing-key",
+                "the required key 'size' is missing (or declare 'shape: [channels, height, "
+                "width]')",
+                path,
+            )
+        return check.get(data, path, "size", check.size), shape
+    size = math.prod(shape)
+    if size > MAX_SIZE:
+        raise check.error(
+            "absurd-number",
+            f"shape {list(shape)} holds {size:,} units, more than the {MAX_SIZE:,} allowed",
+            path + ("shape",),
+        )
+    return size, shape
+
+
 def _rates(
     check: FieldChecker, data: Mapping[str, Any], path: tuple
 ) -> tuple[float | None, float | None]:
@@ -172,7 +201,7 @@ def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
         here = path + (index,)
-        data = check.mapping(item, here, LAYER_KEYS, ("name", "size"), "layer")
+        data = check.mapping(item, here, LAYER_KEYS, ("name",), "layer")
         name = check.get(data, here, "name", check.name)
         if name in (INPUT, READOUT):
             meaning = "the clamped input" if name == INPUT else "the readout"
@@ -188,6 +217,7 @@ def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
                 here + ("name",),
             )
         seen[name] = index
+        size, shape = _size_and_shape(check, data, here)
         bias = check.get(data, here, "bias", check.boolean, False)
         lr, decay = _rates(check, data, here)
         if not bias:
@@ -202,12 +232,12 @@ def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
         layers.append(
             LayerSpec(
                 name=name,
-                size=check.get(data, here, "size", check.size),
+                size=size,
                 activation=check.get(
                     data, here, "activation", lambda v, p: check.choice(v, p, ACTIVATIONS), "tanh"
                 ),
                 bias=bias,
-                shape=_shape(check, data, here),
+                shape=shape,
                 lr=lr,
                 weight_decay=decay,
             )
@@ -464,6 +494,50 @@ def _training(check: FieldChecker, value: Any) -> TrainingSpec:
     )
 
 
+def _feedback_gain(check: FieldChecker, value: Any, edges: Sequence[EdgeSpec]) -> FeedbackGainSpec:
+    """``feedback_gain: {spectral_radius: r, every_epoch: false}``: r > 0, and feedback edges
+    with a gain other than 0 to scale (the radius is 0 without them: the forward part is
+    acyclic)."""
+    path: tuple = ("feedback_gain",)
+    data = check.mapping(
+        value, path, FEEDBACK_GAIN_KEYS, ("spectral_radius",), "feedback_gain mapping"
+    )
+    radius = check.get(
+        data, path, "spectral_radius", lambda v, p: check.number(v, p, positive=True)
+    )
+    every_epoch = check.get(data, path, "every_epoch", check.boolean, False)
+    for edge in edges:
+        why = state_dependence(edge.block)
+        if why is not None and edge.source != INPUT:
+            raise check.error(
+                "invalid-value",
+                f"feedback_gain sets the gains from the spectral radius of the hidden "
+                f"operator, but {edge.key} {why}: the operator depends on the state and has "
+                "no spectral radius; give the feedback gains directly",
+                path,
+                True,
+            )
+    gains = [edge.gain for edge in edges if edge.kind == "feedback"]
+    if not gains:
+        raise check.error(
+            "invalid-value",
+            "feedback_gain scales the gains of the feedback edges, but this topology has none; "
+            "without feedback the hidden operator's spectral radius is 0 at every scale (its "
+            "forward and skip part is acyclic); add feedback edges or remove feedback_gain",
+            path,
+            True,
+        )
+    if not any(gains):
+        raise check.error(
+            "invalid-value",
+            f"every feedback edge has gain 0, so no scale of the gains changes the spectral "
+            f"radius (0) and {radius:g} cannot be reached; give the feedback edges gains other "
+            "than 0 (their ratios are kept)",
+            path + ("spectral_radius",),
+        )
+    return FeedbackGainSpec(spectral_radius=radius, every_epoch=every_epoch)
+
+
 def _origin(check: FieldChecker, value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
@@ -541,15 +615,16 @@ def spec_from_dict(
     top = check.mapping(data, (), TOP_KEYS, ("name", "input", "layers", "readout", "edges"))
     name = check.get(top, (), "name", check.string)
     description = check.get(top, (), "description", lambda v, p: check.string(v, p, True), "")
-    input_data = check.mapping(top["input"], ("input",), INPUT_KEYS, ("size",), "input mapping")
+    input_data = check.mapping(top["input"], ("input",), INPUT_KEYS, (), "input mapping")
+    input_size, input_shape = _size_and_shape(check, input_data, ("input",))
     input_spec = InputSpec(
-        size=check.get(input_data, ("input",), "size", check.size),
+        size=input_size,
         mean=check.get(input_data, ("input",), "mean", check.number, 0.0),
         std=check.get(
             input_data, ("input",), "std", lambda v, p: check.number(v, p, positive=True), 1.0
         ),
         dataset=check.get(input_data, ("input",), "dataset", _enum(check, DATASETS), None),
-        shape=_shape(check, input_data, ("input",)),
+        shape=input_shape,
     )
     layers = _layers(check, top["layers"])
     names = [layer.name for layer in layers]
@@ -560,6 +635,9 @@ def spec_from_dict(
     edges = _edges(check, top["edges"], sizes, grids)
     dynamics = _dynamics(check, top.get("dynamics", {})) if "dynamics" in top else DynamicsSpec()
     training = _training(check, top["training"]) if "training" in top else TrainingSpec()
+    feedback_gain = (
+        _feedback_gain(check, top["feedback_gain"], edges) if "feedback_gain" in top else None
+    )
     spec = TopologySpec(
         name=name,
         input=input_spec,
@@ -568,6 +646,7 @@ def spec_from_dict(
         edges=edges,
         dynamics=dynamics,
         training=training,
+        feedback_gain=feedback_gain,
         origin=_origin(check, top.get("origin")),
         description=description,
     )

@@ -48,7 +48,9 @@ def load_network(
     stored = spec_from_dict(payload["spec"], filename=f"{checkpoint} (stored topology)")
     settings = payload.get("settings", {})
     name = dtype or settings.get("dtype", "float32")
-    net = compile_topology(stored, seed=0, dtype=DTYPES[name])
+    net = compile_topology(
+        stored, seed=0, dtype=DTYPES[name], feedback_scale=payload.get("feedback_scale")
+    )
     try:
         # A block's int64 structure (a sparse mask) keeps its dtype.
         model = {

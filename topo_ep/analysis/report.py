@@ -313,9 +313,13 @@ def _flow_lines(result: NetworkAnalysis) -> list[str]:
 def _energy_lines(result: NetworkAnalysis) -> list[str]:
     lines = ["## Energy along the trajectory", ""]
     if not result.balance.balanced:
+        measures = (
+            "the contraction measures above (Jacobian, Lyapunov exponent)"
+            if result.jacobian or result.lyapunov
+            else "the convergence times above"
+        )
         return lines + [
-            f"No energy exists: {result.balance.reason}. Only the contraction measures above "
-            "(Jacobian, Lyapunov exponent) describe the dynamics.",
+            f"No energy exists: {result.balance.reason}. Only {measures} describe the dynamics.",
             "",
         ]
     if not result.energy:

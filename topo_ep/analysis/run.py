@@ -24,12 +24,15 @@ from topo_ep.analysis.jacobian import JacobianRadii, jacobian_radii
 from topo_ep.analysis.lyapunov import LyapunovExponents, lyapunov_exponents
 from topo_ep.analysis.operator import OperatorSpectrum, operator_spectrum
 from topo_ep.analysis.states import FixedPoint, fixed_point_tolerance, free_fixed_point
+from topo_ep.balance import state_dependent_couplings
 from topo_ep.compiler import CompiledNetwork, compile_topology
 from topo_ep.fixed_points import fixed_point_split, settled_states
 from topo_ep.schedules import SCHEDULES
 
 #: Parts of the analysis that :func:`analyse` can run.
 PARTS = ("operator", "jacobian", "lyapunov", "convergence", "gradient_flow", "energy")
+#: Parts that need the hidden operator to be a fixed linear map (no max pooling between layers).
+LINEAR_PARTS = ("operator", "jacobian", "lyapunov")
 
 
 def available_schedules(net: CompiledNetwork) -> tuple[str, ...]:
@@ -242,6 +245,16 @@ def analyse(
         balance=balance_report(spec),
     )
     parts: Sequence[str] = options.parts
+    dependent = state_dependent_couplings(spec)
+    linear_only = [part for part in LINEAR_PARTS if part in parts]
+    if dependent and linear_only:
+        result.notes.append(
+            f"no fixed operator: {'; '.join(dependent)}. The spectrum of the hidden operator, "
+            "the Jacobian at the fixed point and the Lyapunov exponents need a state-"
+            f"independent linear map, so {', '.join(linear_only)} were not computed; "
+            "convergence and gradient flow are"
+        )
+        parts = [part for part in parts if part not in LINEAR_PARTS]
     if "operator" in parts:
         say("spectrum of the gain-scaled hidden operator")
         result.operator = operator_spectrum(net, method=options.spectral_method)

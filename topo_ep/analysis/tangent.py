@@ -20,11 +20,26 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from topo_ep.balance import state_dependent_couplings
 from topo_ep.compiler import CompiledNetwork, Schedule
+from topo_ep.errors import TopoEpError
 
 
 def operator_rows(net: CompiledNetwork, k: int, vector: list[Tensor]) -> Tensor:
-    """(M v)_k = sum_{j->k} g A_kj v_j for a batch of per-layer vectors v (no drive)."""
+    """(M v)_k = sum_{j->k} g A_kj v_j for a batch of per-layer vectors v (no drive).
+
+    Raises
+    ------
+    TopoEpError
+        When a coupling depends on the state (a max pooling): there is no fixed M to apply to
+        a tangent vector, and applying the blocks to it would pool at the tangent's argmax.
+    """
+    dependent = state_dependent_couplings(net.spec)
+    if dependent:
+        raise TopoEpError(
+            f"the linearised dynamics need a fixed hidden operator, but {'; '.join(dependent)}: "
+            "the operator depends on the state (no Jacobian or Lyapunov exponent from it)"
+        )
     zero = vector[k].new_zeros(vector[k].shape[0], net.layout.sizes[k])
     return net.preactivation(k, vector, zero)
 

@@ -90,7 +90,7 @@ class Block(Protocol):
     Attributes
     ----------
     kind
-        The registry name (``dense``, ``sparse``).
+        The registry name (``dense``, ``sparse``, ``conv``, ``pooled``).
     source, target
         Layer names (``input`` as a source; ``readout`` as the readout's target).
     gain

@@ -58,10 +58,16 @@ class ReadoutHead(nn.Module):
             return self.block.apply(top, joined)
         return self.block.accumulate(self.bias.value, top, joined=joined)
 
-    def nudge(self, acc: Tensor, error: Tensor, scale: float) -> Tensor:
-        """acc + scale * B_f error (one fused product where the block allows)."""
-        return self.nudge_block.accumulate(acc, error, scale)
+    def nudge(
+        self, acc: Tensor, error: Tensor, scale: float, joined: Joined | None = None
+    ) -> Tensor:
+        """acc + scale * B_f error (one fused product where the block allows).
 
-    def feedback_of(self, error: Tensor) -> Tensor:
-        """B_f error, (batch, top size)."""
-        return self.nudge_block.apply(error)
+        ``joined.target`` is the state of the top layer, which B_f carries the error into (a
+        max-pooled readout unpools at its argmax); ``None`` where no state exists.
+        """
+        return self.nudge_block.accumulate(acc, error, scale, joined)
+
+    def feedback_of(self, error: Tensor, joined: Joined | None = None) -> Tensor:
+        """B_f error, (batch, top size); ``joined`` as in :meth:`nudge`."""
+        return self.nudge_block.apply(error, joined)

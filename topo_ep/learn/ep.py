@@ -20,10 +20,11 @@ outer(post, pre) = post^T pre; for a sparse block the same at its mask, as its s
 - ``contrast``: dW = g * factor * (outer(a_dst, a_src) - outer(b_dst, b_src))
 
 and the gradient written for the optimizer is ``W.grad = -dW / (nudge * batch)``. Biases get
-db = factor * sum(a_k - b_k). The presynaptic state of an input edge is the prepared batch
-(:meth:`~topo_ep.compiler.CompiledNetwork.prepare_input`). The readout gets its exact
-cross-entropy gradient ``W_out.grad = outer(p - y, s_top^0) / batch`` (the readout is a block
-too). This module computes no matrix product of its own.
+db = factor * sum_b (a_k - b_k), also summed over each channel's positions for a per-channel
+bias (:meth:`~topo_ep.blocks.bias.LayerBias.outer`). The presynaptic state of an input edge is
+the prepared batch (:meth:`~topo_ep.compiler.CompiledNetwork.prepare_input`). The readout gets
+its exact cross-entropy gradient ``W_out.grad = outer(p - y, s_top^0) / batch`` (the readout is
+a block too). This module computes no matrix product of its own.
 
 Gain compensation. On a balanced topology with tied feedback (an energy exists, see
 :func:`topo_ep.balance.gain_factors` and :func:`topo_ep.balance.analyse_balance`) the EP
@@ -175,19 +176,23 @@ class EquilibriumPropagation:
         (B_f: the readout's feedback block, :attr:`~topo_ep.compiler.CompiledNetwork.head`),
         under ``nudged_schedule``; at :attr:`nudged_phase_tolerance` > 0 it stops when the state
         and every layer's contrast s - s^0 have settled
-        (:func:`topo_ep.engine.contrast_criterion`)."""
+        (:func:`topo_ep.engine.contrast_criterion`).
+
+        B_f sees the top layer's state (:class:`~topo_ep.blocks.Joined`): the free state's when
+        the error is held, the current state's when it is re-read."""
         head = net.head
         top = net.top
         tolerance = self.nudged_phase_tolerance
         state_drive: StateDrive | None = None
         nudged_drives = list(drives)
         if self.error == "held":
-            nudged_drives[top] = head.nudge(drives[top], target - probabilities, nudge)
+            held = Joined(None, free[top])
+            nudged_drives[top] = head.nudge(drives[top], target - probabilities, nudge, held)
         else:
 
             def state_drive(state: list[Tensor]) -> dict[int, Tensor]:
                 error = target - net.readout(state)
-                return {top: nudge * head.feedback_of(error)}
+                return {top: nudge * head.feedback_of(error, Joined(None, state[top]))}
 
         return relax(
             net,
@@ -267,7 +272,7 @@ class EquilibriumPropagation:
             for name in net.biases:
                 k = layout.index(name)
                 scale = factor if factors is None else factor / factors[name]
-                out[ParamKey.bias(name)] = (plus[k] - minus[k]).sum(dim=0) * scale
+                out[ParamKey.bias(name)] = net.bias_of(name).outer(plus[k] - minus[k]) * scale
         return out
 
     def estimate(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> EPEstimate:
