@@ -56,7 +56,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "learn.implicit",
     ),
     # runs, checks and analyses
-    ("param_groups", "train", "distributed", "evaluate", "gradcheck", "testing"),
+    ("param_groups", "train", "distributed", "evaluate", "gradcheck", "testing", "bench"),
     (
         "analysis",
         "analysis.tangent",

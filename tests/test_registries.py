@@ -36,7 +36,7 @@ def test_registry_rejects_unknown_and_duplicate_names():
 
 def test_the_shipped_entries_are_registered():
     assert set(METHODS.names()) == {"ep", "bp", "bptt", "implicit"}
-    assert SCHEDULES.names() == ("synchronous", "sweep", "colour")
+    assert SCHEDULES.names() == ("synchronous", "sweep", "colour", "top-down-sweep")
 
 
 def test_a_new_method_is_one_class_and_its_registration(monkeypatch):

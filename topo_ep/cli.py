@@ -467,6 +467,37 @@ def _cmd_sweep_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from topo_ep.bench import BenchSettings, format_table, run_bench
+    from topo_ep.loader import load_topology
+    from topo_ep.train import resolve_device
+
+    spec = load_topology(args.file, overrides=args.overrides)
+    settings = BenchSettings(
+        repeats=args.repeats,
+        batches=args.batches,
+        batch_size=args.batch_size,
+        device=resolve_device(args.device),
+        dtype=args.dtype,
+        threads=args.threads,
+        seed=args.seed,
+        train_size=args.train_size,
+    )
+    document = run_bench(spec, settings)
+    print(format_table(document))
+    if args.json is not None:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        document["file"] = args.file
+        document["overrides"] = list(args.overrides)
+        path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="topo-ep",
@@ -656,6 +687,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folders", nargs="+", metavar="FOLDER", help="the shares' --out folders")
     p.add_argument("--out", required=True, help="folder of the merged table and plots")
     p.set_defaults(func=_cmd_sweep_merge)
+
+    p = sub.add_parser(
+        "bench",
+        help="seconds per training batch of EP and BP, interleaved, with steps and memory",
+        description="Time EP and BP training steps on random inputs of the topology's batch "
+        "size, interleaved (EP, BP, EP, BP, ...), and print the median seconds per batch, the "
+        "EP/BP ratio, EP's steps per phase and the peak memory (max RSS on the CPU, "
+        "torch.cuda.max_memory_allocated on a GPU). Timings on a loaded machine are not a "
+        "clean comparison: the load average is printed with them.",
+    )
+    p.add_argument("file")
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed rounds (5)")
+    p.add_argument("--batches", type=_positive_int, default=10,
+                   help="optimizer steps per method and round (10)")  # fmt: skip
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="examples per batch (default: training.batch_size)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch intra-op threads (default: torch's)")  # fmt: skip
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    p.add_argument("--seed", type=_seed, default=0, help="weights and batch (0)")
+    p.add_argument("--train-size", type=_positive_int, default=55000,
+                   help="examples per epoch, for the projected s / epoch (55000)")  # fmt: skip
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    _add_set_option(p)
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

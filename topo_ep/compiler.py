@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Container
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -599,14 +600,20 @@ class CompiledNetwork(nn.Module):
             drives.append(acc)
         return drives
 
-    def preactivation(self, k: int, state: list[Tensor], drive: Tensor) -> Tensor:
+    def preactivation(
+        self, k: int, state: list[Tensor], drive: Tensor, zero: Container[int] = ()
+    ) -> Tensor:
         """h_k = drive_k + sum_{j->k} g A_jk s_j over hidden-to-hidden blocks.
 
         Each block sees the current states of the two layers it joins (:class:`~topo_ep.
-        blocks.Joined`).
+        blocks.Joined`). The blocks from the layers in ``zero``, whose states the caller
+        knows to be exactly zero, are skipped (with finite weights, adding their exact zeros
+        changes no bit).
         """
         acc = drive
         for source, block in self.incoming[k]:
+            if source in zero:
+                continue
             acc = block.accumulate(acc, state[source], joined=Joined(state[source], state[k]))
         return acc
 

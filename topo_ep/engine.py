@@ -10,14 +10,29 @@ Every iteration runs through one solver with one signature, as in torchdeq:
 :func:`relax` from zero; the adjoint solve (:mod:`topo_ep.learn.implicit`) and the analyses'
 trajectories call :func:`solve` with their own step.
 
-The residual r_t = ||s_t - s_{t-1}||_rms / max(||s_t||_rms, 1) is read on the host only every
-``check_every`` steps (one device sync per check), which keeps the loop free of host syncs on GPU.
+Convergence is judged per example and decided for the batch by the worst example:
+
+- free phase (:func:`state_criterion`): the max-norm of the last step's change of example b,
+
+      r_b = max_i |s_t - s_{t-1}|_{b,i} / max(max_i |s_t|_{b,i}, 1),
+
+  absolute for bounded activations (tanh, sigmoids), relative for large states;
+- nudged phase (:func:`contrast_criterion`): also the change of every layer's contrast
+  c_k = s_k - s_k^0 relative to its own size, ||Delta c_{b,k}|| <= tol ||c_{b,k}||, since the
+  lower layers' contrast is about the product of the gains times the top's.
+
+A criterion returns one 0-d tensor, the maximum over the batch already divided by the tolerance;
+:func:`convergence_decision` passes it through ``agree`` (a data-parallel run's all-reduce MAX)
+and compares it with 1. So when a phase stops depends on the batch only through that maximum.
+It is read on the host only every ``check_every`` steps (one device sync per check), which keeps
+the other steps free of host syncs on GPU. Tolerance 0 runs exactly the step limit (the paper's
+fixed T/K) and reads the criterion once, after the last step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -28,8 +43,11 @@ from topo_ep.errors import DivergenceError
 
 #: Extra drive that depends on the state (e.g. an error re-read every step): state -> {k: term}.
 StateDrive = Callable[[list[Tensor]], dict[int, Tensor]]
-#: A residual read on the host: (z_t, z_{t-1}) -> float.
-Residual = Callable[[list[Tensor], list[Tensor]], float]
+#: A stopping criterion: (z_t, z_{t-1}, tolerance) -> 0-d tensor, the maximum over the batch of
+#: the per-example criterion divided by ``tolerance`` (the phase has converged when it is <= 1).
+Criterion = Callable[[list[Tensor], list[Tensor], float], Tensor]
+#: Agreement of data-parallel workers on a criterion (e.g. an all-reduce MAX): 0-d -> 0-d.
+Agree = Callable[[Tensor], Tensor]
 #: Called after every step with (t, z_t, z_{t-1}); True stops the solve.
 Observer = Callable[[int, list[Tensor], list[Tensor]], bool]
 
@@ -43,9 +61,11 @@ class PhaseStats:
     steps
         Steps taken.
     residual
-        The last residual read on the host (``nan`` if none was read).
+        The last criterion read on the host, on the scale of the tolerance: the 0-d value
+        of the :data:`Criterion` times the tolerance (at tolerance 0, the criterion at
+        tolerance 1). ``nan`` if none was read.
     converged
-        Whether the residual fell below the tolerance (always ``False`` at tolerance 0).
+        Whether the criterion fell to the tolerance (always ``False`` at tolerance 0).
     """
 
     steps: int
@@ -66,34 +86,113 @@ def step(
     drives: Sequence[Tensor],
     schedule: Schedule,
     state_drive: StateDrive | None = None,
+    zero: Collection[int] = (),
 ) -> list[Tensor]:
     """One step of the schedule: s_k <- rho_k(h_k) for each group in turn.
 
-    Returns a new list; the input list is not modified.
+    ``zero``: layers whose states are exactly zero at the start of the step (the free phase's
+    first step); their blocks are skipped until their group is updated, which saves the
+    products with zero and changes no bit. Returns a new list; the input list is not modified.
     """
     new = list(state)
+    still_zero = set(zero)
     for group in schedule:
         extra = state_drive(new) if state_drive is not None else {}
         pre = []
         for k in group:
             drive = drives[k] + extra[k] if k in extra else drives[k]
-            pre.append(net.preactivation(k, new, drive))
+            pre.append(net.preactivation(k, new, drive, still_zero))
         for k, h in zip(group, pre, strict=True):
             new[k] = net.activations[k].fn(h)
+        still_zero.difference_update(group)
     return new
 
 
-def _residual(new: list[Tensor], old: list[Tensor]) -> Tensor:
-    """||s_t - s_{t-1}||_rms / max(||s_t||_rms, 1), as a 0-d tensor (no host sync)."""
-    diff = torch.stack([(a - b).pow(2).sum() for a, b in zip(new, old, strict=True)]).sum()
-    norm = torch.stack([a.pow(2).sum() for a in new]).sum()
-    count = sum(a.numel() for a in new)
-    return torch.sqrt(diff / count) / torch.clamp(torch.sqrt(norm / count), min=1.0)
+def _largest_magnitude(layer: Tensor) -> Tensor:
+    """max_i |s_{b,i}| per example, shape (batch,), without allocating |s|."""
+    flat = layer.flatten(1)
+    return torch.maximum(flat.amax(dim=1), flat.amin(dim=1).neg())
 
 
-def state_residual(new: list[Tensor], old: list[Tensor]) -> float:
-    """The engine's residual read on the host (one sync): :func:`_residual` as a float."""
-    return float(_residual(new, old).detach())
+def state_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> Tensor:
+    """Per-example change of the last step, shape (batch,):
+
+        r_b = max_i |s_t - s_{t-1}|_{b,i} / max(max_i |s_t|_{b,i}, 1).
+
+    The max-norm bounds every unit's change, whatever the layer sizes (an RMS over all units
+    would dilute a small layer that is still moving); the denominator makes it absolute for
+    states in [-1, 1] and relative for larger ones. One temporary per layer (the difference).
+    """
+    pairs = zip(new, old, strict=True)
+    change = torch.stack([(a - b).flatten(1).abs_().amax(dim=1) for a, b in pairs])
+    size = torch.stack([_largest_magnitude(a) for a in new])
+    return change.amax(dim=0) / size.amax(dim=0).clamp(min=1.0)
+
+
+def state_criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
+    """max_b r_b / tolerance (:func:`state_change`), a 0-d tensor (no host sync)."""
+    return state_change(new, old).amax() / tolerance
+
+
+def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
+    """The nudged phase's criterion: the state test and, per layer k, the contrast test
+
+        ||c_t - c_{t-1}||_{b,k} <= max(tol ||c_t||_{b,k}, 16 eps sqrt(n_k)),   c = s - s^0,
+
+    with ``free`` = s^0 and ||.||_{b,k} the Euclidean norm over the n_k units of layer k of
+    example b. The floor 16 eps sqrt(n_k) (eps of the dtype) lets a layer whose contrast is at
+    rounding level count as settled. The criterion returned is
+
+        max_b max( r_b / tol, max_k ||Delta c||_{b,k} / max(tol ||c||_{b,k}, 16 eps sqrt(n_k)) )
+
+    with r_b of :func:`state_change`. Per layer it allocates one temporary, reused for the
+    change and the contrast, and reduces it to per-example numbers.
+    """
+    references = [layer.flatten(1) for layer in free]
+    if not references or references[0].shape[0] == 0:
+        return state_criterion
+    eps = torch.finfo(references[0].dtype).eps
+    floors = [16.0 * eps * math.sqrt(ref.shape[1]) for ref in references]
+
+    def criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
+        layers, changes, sizes = [], [], []
+        for current, previous, reference, floor in zip(new, old, references, floors, strict=True):
+            current, previous = current.flatten(1), previous.flatten(1)
+            work = current - previous
+            change_norm = torch.linalg.vector_norm(work, dim=1)
+            changes.append(work.abs_().amax(dim=1))
+            torch.sub(current, reference, out=work)
+            contrast_norm = torch.linalg.vector_norm(work, dim=1)
+            layers.append(change_norm / torch.clamp(tolerance * contrast_norm, min=floor))
+            sizes.append(_largest_magnitude(current))
+        change = torch.stack(changes).amax(dim=0)
+        size = torch.stack(sizes).amax(dim=0).clamp(min=1.0)
+        states = (change / size).amax() / tolerance
+        return torch.maximum(torch.stack(layers).amax(), states)
+
+    return criterion
+
+
+def convergence_decision(scaled: Tensor, agree: Agree | None = None) -> tuple[bool, float]:
+    """Whether a phase has converged, decided from one 0-d tensor: agree(scaled) <= 1.
+
+    Parameters
+    ----------
+    scaled
+        The maximum over the batch of the per-example criterion divided by the tolerance
+        (what a :data:`Criterion` returns).
+    agree
+        Applied to ``scaled`` before the comparison; a data-parallel run passes an all-reduce
+        MAX, so that every worker takes the same decision at the same step.
+
+    Returns
+    -------
+    converged, value
+        ``value`` is agree(scaled) read on the host (the one sync of a check).
+    """
+    agreed = scaled if agree is None else agree(scaled)
+    value = float(agreed.detach())
+    return value <= 1.0, value
 
 
 def solve(
@@ -103,7 +202,8 @@ def solve(
     tolerance: float = 0.0,
     check_every: int = 5,
     *,
-    residual: Residual | None = state_residual,
+    criterion: Criterion | None = state_criterion,
+    agree: Agree | None = None,
     diverged: Callable[[int], str] | None = None,
     observe: Observer | None = None,
 ) -> tuple[list[Tensor], PhaseStats]:
@@ -122,11 +222,16 @@ def solve(
     max_steps
         Step limit (the number of steps exactly when ``tolerance`` is 0).
     tolerance, check_every
-        Every ``check_every`` steps, and after the last, ``residual(z_t, z_{t-1})`` is read on
-        the host; the solve stops once it is below :func:`effective_tolerance` (of the dtype of
-        ``start``). A tolerance of 0 reads it only after the last step.
-    residual
-        The residual as a host float; ``None`` reads none (nor checks finiteness).
+        Every ``check_every`` steps, and after the last, ``criterion(z_t, z_{t-1}, tol)`` is
+        read on the host with tol = :func:`effective_tolerance` (of the dtype of ``start``);
+        the solve stops once :func:`convergence_decision` says so. A tolerance of 0 reads the
+        criterion at tolerance 1 only after the last step (the states are those of exactly
+        ``max_steps`` steps).
+    criterion
+        The stopping criterion (:data:`Criterion`); ``None`` reads none (nor checks
+        finiteness).
+    agree
+        Applied to the criterion before every decision (:func:`convergence_decision`).
     diverged
         Message for a non-finite residual at step t (raised as :class:`DivergenceError`).
     observe
@@ -142,13 +247,15 @@ def solve(
         state = step_fn(state)
         if observe is not None and observe(t, state, previous):
             return state, PhaseStats(t, value, False)
-        if residual is None or not (t == max_steps or (tol > 0 and t % check_every == 0)):
+        if criterion is None or not (t == max_steps or (tol > 0 and t % check_every == 0)):
             continue
-        value = residual(state, previous)
+        unit = tol if tol > 0 else 1.0
+        done, scaled = convergence_decision(criterion(state, previous, unit), agree)
+        value = scaled * unit
         if not math.isfinite(value):
             message = diverged(t) if diverged is not None else f"non-finite at step {t}"
             raise DivergenceError(message)
-        if tol > 0 and value < tol:
+        if tol > 0 and done:
             return state, PhaseStats(t, value, True)
     return state, PhaseStats(max(0, max_steps), value, False)
 
@@ -163,21 +270,40 @@ def relax(
     check_every: int = 5,
     state_drive: StateDrive | None = None,
     observe: Observer | None = None,
+    *,
+    criterion: Criterion = state_criterion,
+    agree: Agree | None = None,
+    zero_start: bool = False,
 ) -> tuple[list[Tensor], PhaseStats]:
     """Relax the network from ``state`` for at most ``max_steps`` steps of ``schedule``.
 
-    :func:`solve` over :func:`step`: s_{t+1} = step(s_t), residual :func:`_residual`.
-    Non-finite states raise :class:`DivergenceError` with the operator's spectral radius and
-    the gains. ``schedule`` is a name (:meth:`CompiledNetwork.schedule`) or its groups;
-    ``observe`` sees every step, as in :func:`solve` (the analyses record trajectories so).
+    ``zero_start``: ``state`` is all zeros (the free phase), so the first step skips the
+    products with layers not yet updated (:func:`step`; the states are the same bits).
+
+    :func:`solve` over :func:`step`: s_{t+1} = step(s_t), stopping on ``criterion``
+    (default :func:`state_criterion`; the nudged phase passes :func:`contrast_criterion`),
+    each decision through ``agree``. Non-finite states raise :class:`DivergenceError` with
+    the operator's spectral radius and the gains. ``schedule`` is a name
+    (:meth:`CompiledNetwork.schedule`) or its groups; ``observe`` sees every step, as in
+    :func:`solve` (the analyses record trajectories so).
     """
     groups = net.schedule(schedule) if isinstance(schedule, str) else schedule
+    first = range(len(state)) if zero_start else ()
+    steps_taken = 0
+
+    def advance(current: list[Tensor]) -> list[Tensor]:
+        nonlocal steps_taken
+        steps_taken += 1
+        return step(net, current, drives, groups, state_drive, first if steps_taken == 1 else ())
+
     return solve(
-        lambda current: step(net, current, drives, groups, state_drive),
+        advance,
         state,
         max_steps,
         tolerance,
         check_every,
+        criterion=criterion,
+        agree=agree,
         diverged=lambda t: divergence_message(net, t),
         observe=observe,
     )
@@ -190,15 +316,29 @@ def free_phase(
     max_steps: int,
     tolerance: float = 0.0,
     check_every: int = 5,
+    *,
+    agree: Agree | None = None,
 ) -> tuple[list[Tensor], PhaseStats]:
     """The free phase: relax from s = 0 with the input clamped and no nudge.
 
     ``drives`` is :meth:`CompiledNetwork.input_drive` of the batch; the start state has its
-    batch size, dtype and device. Every learner and analysis starts its free phase here.
+    batch size, dtype and device. Every learner and analysis starts its free phase here. It
+    stops on :func:`state_criterion`, each decision through ``agree``; its first step skips
+    the products with layers still at zero (``zero_start`` of :func:`relax`).
     """
     first = drives[0]
     start = net.layout.zeros(first.shape[0], dtype=first.dtype, device=first.device)
-    return relax(net, start, drives, schedule, max_steps, tolerance, check_every)
+    return relax(
+        net,
+        start,
+        drives,
+        schedule,
+        max_steps,
+        tolerance,
+        check_every,
+        agree=agree,
+        zero_start=True,
+    )
 
 
 def divergence_message(net: CompiledNetwork, step_index: int) -> str:

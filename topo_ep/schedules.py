@@ -45,3 +45,13 @@ def colour(spec: TopologySpec) -> LayerGroups:
     grouping.
     """
     return tuple(tuple(group) for group in update_groups(spec))
+
+
+@SCHEDULES.register("top-down-sweep")
+def top_down_sweep(spec: TopologySpec) -> LayerGroups:
+    """One group per layer in reverse feedforward order, each using the newest state before it.
+
+    Meant for the nudged phase (``dynamics.nudged_schedule``): the nudge enters at the top
+    layer, so one top-down step carries it to every layer, as a backward pass would.
+    """
+    return tuple((name,) for name in reversed(feedforward_order(spec)))

@@ -166,10 +166,13 @@ class EdgeSpec:
 class DynamicsSpec:
     """How the relaxation runs.
 
-    ``free_steps`` and ``nudged_steps`` are step limits. The residual
-    r_t = ||s_t - s_{t-1}||_rms / max(||s_t||_rms, 1) is read on the host every
-    ``check_every`` steps; the phase stops when r_t < max(tolerance, 16 eps(dtype)).
-    ``tolerance = 0`` runs exactly the step limits (the paper's fixed T/K).
+    ``free_steps`` and ``nudged_steps`` are step limits. Every ``check_every`` steps the
+    per-example residual r_b = max_i |s_t - s_{t-1}|_{b,i} / max(max_i |s_t|_{b,i}, 1) is
+    read on the host, and a phase stops when max_b r_b <= max(tolerance, 16 eps(dtype)); the
+    nudged phase also waits until every layer's contrast s - s^0 changes by at most its
+    tolerance times its own norm (:mod:`topo_ep.engine`). ``tolerance = 0`` runs exactly
+    the step limits (the paper's fixed T/K). ``nudged_schedule`` and ``nudged_tolerance`` are
+    the nudged phase's schedule and tolerance (``None``: ``schedule``, ``tolerance``).
     """
 
     schedule: str = "synchronous"
@@ -177,6 +180,8 @@ class DynamicsSpec:
     nudged_steps: int = 10
     tolerance: float = 0.0
     check_every: int = 5
+    nudged_schedule: str | None = None
+    nudged_tolerance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -311,6 +316,9 @@ class TopologySpec:
         if self.feedback_gain is not None:
             out["feedback_gain"] = asdict(self.feedback_gain)
         out["dynamics"] = asdict(self.dynamics)
+        for key in ("nudged_schedule", "nudged_tolerance"):
+            if out["dynamics"][key] is None:
+                del out["dynamics"][key]
         out["training"] = asdict(self.training)
         if self.origin is not None:
             out["origin"] = dict(self.origin)

@@ -494,13 +494,15 @@ class Trainer:
         )
 
     def _warn_unconverged(self, epoch: int, totals: EpochTotals) -> None:
-        if self.settings.method != "ep" or self.spec.dynamics.tolerance <= 0:
+        d = self.spec.dynamics
+        nudged = d.tolerance if d.nudged_tolerance is None else d.nudged_tolerance
+        if self.settings.method != "ep" or max(d.tolerance, nudged) <= 0:
             return
         if totals.unconverged:
             warnings.warn(
-                f"epoch {epoch}: {totals.unconverged} of {totals.batches} batches reached the "
-                f"step limit before the residual fell below {self.spec.dynamics.tolerance:g} "
-                "(bounded non-convergence; training goes on)",
+                f"epoch {epoch}: {totals.unconverged} of {totals.batches} batches reached a "
+                f"step limit before converging (tolerance {d.tolerance:g}, nudged phase "
+                f"{nudged:g}; bounded non-convergence, training goes on)",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -83,7 +83,15 @@ EDGE_KEYS = (
 #: Most dimensions a layer ``shape`` may have (channels x height x width).
 MAX_SHAPE_DIMS = 3
 FEEDBACK_GAIN_KEYS = ("spectral_radius", "every_epoch")
-DYNAMICS_KEYS = ("schedule", "free_steps", "nudged_steps", "tolerance", "check_every")
+DYNAMICS_KEYS = (
+    "schedule",
+    "free_steps",
+    "nudged_steps",
+    "tolerance",
+    "check_every",
+    "nudged_schedule",
+    "nudged_tolerance",
+)
 TRAINING_KEYS = (
     "nudge",
     "nudging",
@@ -101,6 +109,11 @@ TRAINING_KEYS = (
 
 def _enum(check: FieldChecker, options: Sequence[str]) -> Callable[[Any, tuple], str]:
     return lambda v, p: check.choice(v, p, options)
+
+
+def _optional(check: Callable[[Any, tuple], Any]) -> Callable[[Any, tuple], Any]:
+    """``check``, with ``null`` accepted as ``None``."""
+    return lambda value, path: None if value is None else check(value, path)
 
 
 def _steps(check: FieldChecker) -> Callable[[Any, tuple], int]:
@@ -440,6 +453,13 @@ def _dynamics(check: FieldChecker, value: Any) -> DynamicsSpec:
             data, path, "tolerance", lambda v, p: check.number(v, p, 0.0), default.tolerance
         ),
         check_every=check.get(data, path, "check_every", steps, default.check_every),
+        # null, like an absent key, means "as the free phase"
+        nudged_schedule=check.get(
+            data, path, "nudged_schedule", _optional(_enum(check, SCHEDULES.names())), None
+        ),
+        nudged_tolerance=check.get(
+            data, path, "nudged_tolerance", _optional(lambda v, p: check.number(v, p, 0.0)), None
+        ),
     )
 
 

@@ -117,6 +117,6 @@ def lyapunov_exponents(
                 ]
             return state + tangent
 
-        solve(advance, state + unit(batch), steps, residual=None)
+        solve(advance, state + unit(batch), steps, criterion=None)
     exponents = (total / steps).cpu().numpy()
     return LyapunovExponents(schedule, int(steps), exponents)

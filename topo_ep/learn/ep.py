@@ -40,7 +40,7 @@ too. Without an energy the factor is undefined and gain compensation is refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -48,7 +48,15 @@ from torch import Tensor
 from topo_ep.balance import require_gain_factors
 from topo_ep.blocks import Joined
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.engine import PhaseStats, StateDrive, free_phase, relax
+from topo_ep.engine import (
+    Agree,
+    PhaseStats,
+    StateDrive,
+    contrast_criterion,
+    free_phase,
+    relax,
+    state_criterion,
+)
 from topo_ep.learn.base import BatchResult, Gradients, cross_entropy_and_correct, write_gradients
 from topo_ep.learn.registry import METHODS
 from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
@@ -87,7 +95,15 @@ class EPEstimate:
 @METHODS.register("ep")
 @dataclass(frozen=True)
 class EquilibriumPropagation:
-    """EP with the settings of a topology's ``dynamics`` and ``training`` sections."""
+    """EP with the settings of a topology's ``dynamics`` and ``training`` sections.
+
+    At ``tolerance`` > 0 the free phase stops on the per-example state residual; at
+    ``nudged_tolerance`` > 0 (``None``: ``tolerance``) the nudged phases stop on it and on
+    every layer's contrast (:func:`topo_ep.engine.contrast_criterion`); the step limits are
+    caps. ``nudged_schedule`` (``None``: ``schedule``) runs the nudged phases.
+    ``agree`` is applied to every convergence criterion before the decision (a data-parallel
+    run passes an all-reduce MAX, see :func:`topo_ep.engine.convergence_decision`).
+    """
 
     nudge: float = 0.1
     nudging: str = "one-sided"
@@ -99,6 +115,9 @@ class EquilibriumPropagation:
     tolerance: float = 0.0
     check_every: int = 5
     gain_compensated: bool = False
+    nudged_schedule: str | None = None
+    nudged_tolerance: float | None = None
+    agree: Agree | None = field(default=None, compare=False)
     name: str = "ep"
 
     @classmethod
@@ -117,7 +136,14 @@ class EquilibriumPropagation:
             tolerance=d.tolerance,
             check_every=d.check_every,
             gain_compensated=t.gain_compensated,
+            nudged_schedule=d.nudged_schedule,
+            nudged_tolerance=d.nudged_tolerance,
         )
+
+    @property
+    def nudged_phase_tolerance(self) -> float:
+        """The nudged phases' tolerance: ``nudged_tolerance``, else ``tolerance``."""
+        return self.tolerance if self.nudged_tolerance is None else self.nudged_tolerance
 
     # ------------------------------------------------------------------ phases
     def free_phase(self, net: CompiledNetwork, x: Tensor) -> tuple[list[Tensor], PhaseStats]:
@@ -128,7 +154,13 @@ class EquilibriumPropagation:
     def _free(self, net: CompiledNetwork, drives: list[Tensor]) -> tuple[list[Tensor], PhaseStats]:
         """:func:`topo_ep.engine.free_phase` with this method's schedule and limits."""
         return free_phase(
-            net, drives, self.schedule, self.free_steps, self.tolerance, self.check_every
+            net,
+            drives,
+            self.schedule,
+            self.free_steps,
+            self.tolerance,
+            self.check_every,
+            agree=self.agree,
         )
 
     def nudged_phase(
@@ -141,12 +173,16 @@ class EquilibriumPropagation:
         nudge: float,
     ) -> tuple[list[Tensor], PhaseStats]:
         """Relax from the free state with nudge * (y - p) B_f added to the top layer
-        (B_f: the readout's feedback block, :attr:`~topo_ep.compiler.CompiledNetwork.head`).
+        (B_f: the readout's feedback block, :attr:`~topo_ep.compiler.CompiledNetwork.head`),
+        under ``nudged_schedule``; at :attr:`nudged_phase_tolerance` > 0 it stops when the state
+        and every layer's contrast s - s^0 have settled
+        (:func:`topo_ep.engine.contrast_criterion`).
 
         B_f sees the top layer's state (:class:`~topo_ep.blocks.Joined`): the free state's when
         the error is held, the current state's when it is re-read."""
         head = net.head
         top = net.top
+        tolerance = self.nudged_phase_tolerance
         state_drive: StateDrive | None = None
         nudged_drives = list(drives)
         if self.error == "held":
@@ -162,11 +198,13 @@ class EquilibriumPropagation:
             net,
             free,
             nudged_drives,
-            self.schedule,
+            self.nudged_schedule or self.schedule,
             self.nudged_steps,
-            self.tolerance,
+            tolerance,
             self.check_every,
             state_drive,
+            criterion=contrast_criterion(free) if tolerance > 0 else state_criterion,
+            agree=self.agree,
         )
 
     def phases(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> EPPhases:
@@ -253,12 +291,16 @@ class EquilibriumPropagation:
             if net.readout_bias is not None:
                 grads[READOUT_BIAS] = error.sum(dim=0)
         loss, correct = cross_entropy_and_correct(phases.logits, y)
+        # phases with a tolerance must have converged; at tolerance 0 none has (fixed steps)
+        tolerances = [(phases.free_stats, self.tolerance)]
+        tolerances += [(stats, self.nudged_phase_tolerance) for stats in phases.nudged_stats]
+        judged = [stats for stats, tolerance in tolerances if tolerance > 0]
         result = BatchResult(
             loss,
             correct,
             free_steps=phases.free_stats.steps,
             nudged_steps=sum(s.steps for s in phases.nudged_stats),
-            converged=phases.free_stats.converged and all(s.converged for s in phases.nudged_stats),
+            converged=bool(judged) and all(stats.converged for stats in judged),
         )
         return EPEstimate(grads, phases, result)
 

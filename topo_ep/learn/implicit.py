@@ -124,17 +124,20 @@ def adjoint_step(
     return new
 
 
-def _relative_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> float:
-    """||lambda_t - lambda_{t-1}|| / ||lambda_t|| over all layers (0 when both are zero).
+def _relative_change(new: Sequence[Tensor], old: Sequence[Tensor], tolerance: float) -> Tensor:
+    """||lambda_t - lambda_{t-1}|| / ||lambda_t|| over all layers, divided by ``tolerance``.
 
-    One host sync: both sums are read together.
+    A 0-d tensor (a :data:`topo_ep.engine.Criterion`): 0 when both norms are zero, inf when
+    only the change is nonzero.
     """
     diff = torch.stack([(a - b).pow(2).sum() for a, b in zip(new, old, strict=True)]).sum()
     norm = torch.stack([a.pow(2).sum() for a in new]).sum()
-    diff, norm = (math.sqrt(v) for v in torch.stack([diff, norm]).tolist())
-    if norm == 0.0:
-        return 0.0 if diff == 0.0 else math.inf
-    return diff / norm
+    ratio = torch.where(
+        norm > 0,
+        diff.sqrt() / norm.sqrt().clamp(min=torch.finfo(norm.dtype).tiny),
+        torch.where(diff > 0, torch.full_like(diff, math.inf), torch.zeros_like(diff)),
+    )
+    return ratio / tolerance
 
 
 def solve_adjoint(
@@ -180,7 +183,7 @@ def solve_adjoint(
             max_steps,
             tolerance,
             check_every,
-            residual=_relative_change,
+            criterion=_relative_change,
             diverged=lambda t: (
                 f"the adjoint iteration became non-finite at step {t}: the Jacobian "
                 "rho'(h*) M at the free fixed point has spectral radius >= 1"
