@@ -323,3 +323,22 @@ def test_a_rank_stopped_by_torchrun_says_so(monkeypatch):
     assert said.startswith("rank 1: terminated (SIGTERM) (torchrun stops every rank when one")
     assert "runs/x keeps the last finished epoch" in said and "--resume" in said
     assert "torchrun stops" not in _interrupted(args, KeyboardInterrupt())
+
+
+def test_two_ranks_stop_converged_phases_together_and_match_one_process(tmp_path):
+    """At a tolerance each phase stops on the maximum over the batch of the per-example
+    criterion; the ranks all-reduce it (MAX) at every check, so every rank stops at the step
+    one process stops at, and the weights match it to 1e-12 (without the agreement the ranks
+    stopped at their own steps: 6.3e-9 apart on this test)."""
+    text = hostile.TINY_TOPOLOGY.replace("batch_size: 10", f"batch_size: {BATCH}").replace(
+        "free_steps: 8, nudged_steps: 4, tolerance: 1e-4",
+        "free_steps: 60, nudged_steps: 30, tolerance: 1e-5",
+    )
+    topology = hostile.write(tmp_path / "converging.yaml", text)
+    out = tmp_path / "run"
+    _two_ranks(topology, out, "ep")
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["free_steps"] < 60 and record["nudged_steps"] < 2 * 30  # stopped early
+    single = _single_process(topology, "ep")
+    _assert_close(load_checkpoint(out)["model"], single.net.state_dict())
+    _assert_same_metrics(record, single.metrics[0])
