@@ -56,7 +56,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "learn.implicit",
     ),
     # runs, checks and analyses
-    ("param_groups", "train", "distributed", "evaluate", "gradcheck", "testing", "bench"),
+    (
+        "param_groups",
+        "warm_start",
+        "train",
+        "distributed",
+        "evaluate",
+        "gradcheck",
+        "testing",
+        "bench",
+    ),
     (
         "analysis",
         "analysis.tangent",

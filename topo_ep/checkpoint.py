@@ -181,7 +181,8 @@ def check_payload(payload: Any, source: str | os.PathLike) -> None:
     learning-method registry). Checked when present: ``format``,
     ``settings`` (each of :data:`SETTING_TYPES`), ``optimizer`` (``state`` and
     ``param_groups``), ``metrics`` (one record per epoch, 1 to ``epoch``), ``versions`` and
-    ``feedback_scale`` (the scale of the feedback gains of a topology with a target radius).
+    ``feedback_scale`` (the scale of the feedback gains of a topology with a target radius) and
+    ``warm_states`` (the warm starts of ``training.warm_start``: examples x hidden units).
 
     Raises
     ------
@@ -217,6 +218,11 @@ def check_payload(payload: Any, source: str | os.PathLike) -> None:
         _check_metrics(payload["metrics"], epoch, where)
     if "versions" in payload and not isinstance(payload["versions"], dict):
         raise _bad(where, "versions", "a mapping", payload["versions"])
+    states = payload.get("warm_states")
+    if states is not None and not (
+        isinstance(states, torch.Tensor) and states.is_floating_point() and states.dim() == 2
+    ):
+        raise _bad(where, "warm_states", "a floating-point matrix (the warm starts)", states)
     scale = payload.get("feedback_scale", 1.0)
     if not _is_number(scale) or not (math.isfinite(scale) and scale > 0):
         raise _bad(where, "feedback_scale", "a positive finite number", scale)

@@ -679,6 +679,25 @@ def iterate_batches(
     return _batches(split, batch_size, order)
 
 
+def iterate_indexed_batches(
+    split: Split, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`iterate_batches` with shuffling, each batch with the split indices of its rows.
+
+    Yields ``(index, x, y)`` with ``x = split.x[index]`` and ``y = split.y[index]``: the same
+    batches, in the same order, as ``iterate_batches(split, batch_size, generator)`` with a
+    generator in the same state (one :func:`torch.randperm` call). The indices let per-example
+    state follow an example across epochs (:mod:`topo_ep.warm_start`).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    order = torch.randperm(len(split), generator=generator, device=generator.device)
+    order = order.to(split.x.device)
+    for start in range(0, len(split), batch_size):
+        index = order[start : start + batch_size]
+        yield index, split.x.index_select(0, index), split.y.index_select(0, index)
+
+
 def _batches(
     split: Split, batch_size: int, order: torch.Tensor | None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -101,12 +101,16 @@ class Shard:
         The number of real examples (0 for a placeholder).
     weight
         n_r / B, the share of the global batch (0 for a placeholder).
+    index
+        The dataset indices of the shard's real rows (empty for a placeholder), when the
+        batch came with its indices; else ``None``.
     """
 
     x: Tensor
     y: Tensor
     size: int
     weight: float
+    index: Tensor | None = None
 
 
 def nan_as_infinity(value: Tensor) -> Tensor:
@@ -160,15 +164,18 @@ class DataParallel:
         return {"ranks": self.world_size, "backend": self.backend}
 
     # ------------------------------------------------------------------ batches
-    def shard(self, x: Tensor, y: Tensor) -> Shard:
-        """This rank's rows of a global batch (a placeholder row of weight 0 if it has none)."""
+    def shard(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Shard:
+        """This rank's rows of a global batch (a placeholder row of weight 0 if it has none);
+        ``index``, the batch's dataset indices, is sharded with them."""
         batch = int(y.shape[0])
         if not self.distributed:
-            return Shard(x, y, batch, 1.0)
+            return Shard(x, y, batch, 1.0, index)
         start, stop = shard_range(batch, self.rank, self.world_size)
         if stop == start:
-            return Shard(x[:1], y[:1], 0, 0.0)
-        return Shard(x[start:stop], y[start:stop], stop - start, (stop - start) / batch)
+            empty = None if index is None else index[:0]
+            return Shard(x[:1], y[:1], 0, 0.0, empty)
+        rows = None if index is None else index[start:stop]
+        return Shard(x[start:stop], y[start:stop], stop - start, (stop - start) / batch, rows)
 
     # ------------------------------------------------------------------ collectives
     def _collective(self, what: str, action: Callable[[], T]) -> T:
@@ -207,6 +214,15 @@ class DataParallel:
             count = grad.numel()
             grad.copy_(flat[offset : offset + count].view_as(grad))
             offset += count
+
+    def sum_over_ranks(self, tensor: Tensor, what: str) -> Tensor:
+        """The elementwise sum of ``tensor`` over the ranks (in place); the identity for one
+        process. ``what`` names the tensor in the message of a lost peer."""
+        if not self.distributed:
+            return tensor
+        import torch.distributed as dist
+
+        return self._all_reduce(tensor, dist.ReduceOp.SUM, what)
 
     def agree(self, value: Tensor) -> Tensor:
         """The maximum of a 0-d stop criterion over the ranks (NaN read as +inf), so that a
@@ -489,26 +505,30 @@ class Resumable(Protocol):
     metrics: list[dict[str, Any]]
     start_epoch: int
     parallel: DataParallel
+    warm_starts: Any
 
     def resume(self, path: str | os.PathLike[str]) -> None: ...
 
 
 def resume_on_every_rank(trainer: Resumable, path: str | os.PathLike[str]) -> None:
     """Rank 0 reads and checks the checkpoint (:meth:`topo_ep.train.Trainer.resume`) and sends
-    the weights, the optimizer state, the metrics and the next epoch to the other ranks, which
-    need no access to rank 0's file system. A refused checkpoint stops every rank."""
+    the weights, the optimizer state, the metrics, the next epoch and the warm starts (of a run
+    with ``training.warm_start``) to the other ranks, which need no access to rank 0's file
+    system. A refused checkpoint stops every rank."""
     parallel = trainer.parallel
 
     def read() -> dict[str, Any] | None:
         trainer.resume(path)
         if not parallel.distributed:
             return None
+        warm = trainer.warm_starts
         return on_cpu(
             {
                 "model": trainer.net.state_dict(),
                 "optimizer": trainer.optimizer.state_dict(),
                 "metrics": trainer.metrics,
                 "start_epoch": trainer.start_epoch,
+                "warm_states": None if warm is None else warm.state_dict(),
             }
         )
 
@@ -519,3 +539,5 @@ def resume_on_every_rank(trainer: Resumable, path: str | os.PathLike[str]) -> No
     trainer.optimizer.load_state_dict(state["optimizer"])
     trainer.metrics = list(state["metrics"])
     trainer.start_epoch = int(state["start_epoch"])
+    if trainer.warm_starts is not None and state["warm_states"] is not None:
+        trainer.warm_starts.load_state_dict(state["warm_states"], "rank 0's checkpoint")

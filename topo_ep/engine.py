@@ -318,19 +318,25 @@ def free_phase(
     check_every: int = 5,
     *,
     agree: Agree | None = None,
+    start: list[Tensor] | None = None,
 ) -> tuple[list[Tensor], PhaseStats]:
-    """The free phase: relax from s = 0 with the input clamped and no nudge.
+    """The free phase: relax from s = 0 (or from ``start``) with the input clamped and no
+    nudge.
 
     ``drives`` is :meth:`CompiledNetwork.input_drive` of the batch; the start state has its
     batch size, dtype and device. Every learner and analysis starts its free phase here. It
-    stops on :func:`state_criterion`, each decision through ``agree``; its first step skips
-    the products with layers still at zero (``zero_start`` of :func:`relax`).
+    stops on :func:`state_criterion`, each decision through ``agree``; from zero its first step
+    skips the products with layers still at zero (``zero_start`` of :func:`relax`).
+    ``start``: a warm start, one tensor per layer (:mod:`topo_ep.warm_start`); ``None`` is the
+    zero state.
     """
+    if start is not None:
+        return relax(net, start, drives, schedule, max_steps, tolerance, check_every, agree=agree)
     first = drives[0]
-    start = net.layout.zeros(first.shape[0], dtype=first.dtype, device=first.device)
+    zeros = net.layout.zeros(first.shape[0], dtype=first.dtype, device=first.device)
     return relax(
         net,
-        start,
+        zeros,
         drives,
         schedule,
         max_steps,

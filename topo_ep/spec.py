@@ -192,6 +192,10 @@ class TrainingSpec:
     lr * (1 + cos(pi (e - 1) / E)) / 2. ``lr`` and ``weight_decay`` are the defaults of every
     learned tensor; an edge, a hidden layer (its bias) or the readout may override them with its
     own ``lr`` / ``weight_decay``, and the schedule then scales each tensor's own rate.
+
+    ``warm_start`` keeps one free state per training example: the free phase of an example
+    starts from its free state of the previous epoch (zero in the first) instead of zero
+    (:mod:`topo_ep.warm_start`). It needs converged phases (``dynamics.tolerance`` > 0).
     """
 
     nudge: float = 0.1
@@ -205,6 +209,7 @@ class TrainingSpec:
     batch_size: int = 500
     epochs: int = 10
     gain_compensated: bool = False
+    warm_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -320,6 +325,8 @@ class TopologySpec:
             if out["dynamics"][key] is None:
                 del out["dynamics"][key]
         out["training"] = asdict(self.training)
+        if not self.training.warm_start:  # absent when off: the mapping of before it existed
+            del out["training"]["warm_start"]
         if self.origin is not None:
             out["origin"] = dict(self.origin)
         return out

@@ -7,8 +7,8 @@ A run directory holds
   fractions in [0, 1], null for an empty split, step counts are means over the epoch's batches);
 - ``config.yaml``: the fully resolved topology, the run settings and the package versions
   (and ``data_parallel``: the ranks and backend of a torchrun launch);
-- ``checkpoint.pt``: model, optimizer and metrics after the last finished epoch, written
-  atomically.
+- ``checkpoint.pt``: model, optimizer and metrics after the last finished epoch (and the
+  warm starts, ``warm_states``, of a run with ``training.warm_start``), written atomically.
 
 The shuffling order of epoch e comes from a generator seeded with (seed, e) alone, so a run
 resumed from its checkpoint ends bit-identical to an uninterrupted one on the CPU.
@@ -41,7 +41,7 @@ import yaml
 from topo_ep import __version__
 from topo_ep.checkpoint import check_finite, load_checkpoint, save_atomic
 from topo_ep.compiler import CompiledNetwork, compile_topology
-from topo_ep.data import Dataset, Split, iterate_batches
+from topo_ep.data import Dataset, Split, iterate_batches, iterate_indexed_batches
 from topo_ep.distributed import DataParallel, with_agreement
 from topo_ep.errors import CheckpointError, DivergenceError, RunFailedError, TopoEpError
 from topo_ep.interrupts import signals_deferred
@@ -56,6 +56,7 @@ from topo_ep.param_groups import (
 from topo_ep.rundir import RunLock, remove_stale_temps, write_text_atomic
 from topo_ep.spec import TopologySpec
 from topo_ep.testhooks import pause_point
+from topo_ep.warm_start import WarmStarts
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Run settings that may differ when a run is resumed (with their command-line options).
@@ -306,6 +307,32 @@ class Trainer:
         self.lock = lock
         #: Optimizer steps taken by this object (not counting those of a resumed checkpoint).
         self.steps_taken = 0
+        #: The free state of every training example (``training.warm_start``), else ``None``.
+        self.warm_starts = self._warm_starts()
+
+    def _warm_starts(self) -> WarmStarts | None:
+        """The table of warm starts of ``training.warm_start``, checked against the method, the
+        tolerance and the memory; ``None`` when warm starts are off."""
+        if not self.spec.training.warm_start:
+            return None
+        if self.settings.method != "ep":
+            raise TopoEpError(
+                f"training.warm_start applies to --method ep (its free phase), not to --method "
+                f"{self.settings.method}; set training.warm_start to false for this method"
+            )
+        if self.spec.dynamics.tolerance <= 0:
+            raise TopoEpError(
+                "training.warm_start needs converged phases (dynamics.tolerance > 0): with fixed "
+                "step counts a warm start would change what the free_steps steps compute"
+            )
+        return WarmStarts.allocate(
+            self.spec.name,
+            self.net.layout,
+            len(self.dataset.train),
+            self.dtype,
+            self.device,
+            self.parallel.world_size,
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_payload(self, epoch: int) -> dict[str, Any]:
@@ -320,7 +347,14 @@ class Trainer:
             "metrics": self.metrics,
             "versions": package_versions(),
             **self._feedback_scale_entry(),
+            **self._warm_start_entry(),
         }
+
+    def _warm_start_entry(self) -> dict[str, torch.Tensor]:
+        """``{"warm_states": table}`` with warm starts on (:mod:`topo_ep.warm_start`), else
+        nothing."""
+        warm = self.warm_starts
+        return {} if warm is None else {"warm_states": warm.state_dict()}
 
     def _feedback_scale_entry(self) -> dict[str, float]:
         """``{"feedback_scale": c}`` for a topology with a target radius, else nothing."""
@@ -367,6 +401,13 @@ class Trainer:
         self._check_optimizer_state(path)
         if "feedback_scale" in payload:
             self.net.set_feedback_scale(payload["feedback_scale"])
+        if self.warm_starts is not None:
+            if "warm_states" not in payload:
+                raise CheckpointError(
+                    f"{path}: the checkpoint has no warm starts ('warm_states'), but "
+                    "training.warm_start is on; cannot resume"
+                )
+            self.warm_starts.load_state_dict(payload["warm_states"], str(path))
         self.metrics = list(payload["metrics"])
         self.start_epoch = int(payload["epoch"]) + 1
 
@@ -409,7 +450,10 @@ class Trainer:
         # every batch loss finite so far: a device flag, read once per epoch (no sync per batch);
         # the weights themselves are checked once, at the end of the epoch
         finite = torch.ones((), dtype=torch.bool, device=self.device)
-        batches = iterate_batches(split, batch_size, epoch_generator(self.settings.seed, epoch))
+        warm = self.warm_starts
+        batches = iterate_indexed_batches(
+            split, batch_size, epoch_generator(self.settings.seed, epoch)
+        )
         bar = tqdm(
             batches,
             total=n_batches,
@@ -418,12 +462,16 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
-        for x_all, y_all in bar:
-            shard = self.parallel.shard(x_all, y_all)
+        for index, x_all, y_all in bar:
+            shard = self.parallel.shard(x_all, y_all, index)
             x, y = shard.x.to(self.dtype), shard.y
             self.optimizer.zero_grad(set_to_none=True)
             try:
-                result = self.method.gradients(net, x, y)
+                if warm is None:
+                    result = self.method.gradients(net, x, y)
+                else:
+                    start = warm.start(shard.index)  # only EP is allowed a warm start
+                    result = self.method.gradients(net, x, y, start)  # type: ignore[call-arg]
             except DivergenceError as exc:
                 if not _all_finite(params):  # NaN weights, not the dynamics, made the states NaN
                     raise self._non_finite_error(epoch, rates) from None
@@ -448,6 +496,8 @@ class Trainer:
                     f"{self.settings.dtype}. {self._saved_state(epoch)}"
                 ) from None
             self.steps_taken += 1
+            if warm is not None and result.free_state is not None:
+                warm.store(shard.index, result.free_state)
             finite &= torch.isfinite(result.loss).all()
             if totals.batches == 0:
                 pause_point("mid-epoch", epoch)
@@ -459,6 +509,8 @@ class Trainer:
             totals.nudged_steps += result.nudged_steps
             totals.unconverged += not result.converged
         bar.close()
+        if warm is not None:
+            warm.end_epoch(self.parallel.sum_over_ranks if self.parallel.distributed else None)
         finite = self.parallel.reduce_totals(totals, finite, params)
         if not bool(finite) or not _all_finite(params):
             raise self._non_finite_error(epoch, rates)

@@ -104,6 +104,7 @@ TRAINING_KEYS = (
     "batch_size",
     "epochs",
     "gain_compensated",
+    "warm_start",
 )
 
 
@@ -491,7 +492,24 @@ def _training(check: FieldChecker, value: Any) -> TrainingSpec:
         gain_compensated=check.get(
             data, path, "gain_compensated", check.boolean, default.gain_compensated
         ),
+        warm_start=check.get(data, path, "warm_start", check.boolean, default.warm_start),
     )
+
+
+def _check_warm_start(check: FieldChecker, training: TrainingSpec, dynamics: DynamicsSpec) -> None:
+    """``training.warm_start`` needs converged phases: at ``dynamics.tolerance`` 0 the free phase
+    runs exactly ``free_steps`` steps, and from a warm start those steps would compute another
+    state than the paper's fixed T from zero (more relaxation for the same count, carried over
+    epochs), so the fixed-step mode would no longer be the paper's. Refused rather than
+    silently changed."""
+    if training.warm_start and dynamics.tolerance <= 0:
+        raise check.error(
+            "invalid-value",
+            "warm_start: true needs converged phases (dynamics.tolerance > 0); with fixed step "
+            "counts (tolerance 0) a warm start would change what the free_steps steps compute. "
+            "Set dynamics.tolerance (e.g. 1e-4) or drop warm_start",
+            ("training", "warm_start"),
+        )
 
 
 def _feedback_gain(check: FieldChecker, value: Any, edges: Sequence[EdgeSpec]) -> FeedbackGainSpec:
@@ -638,6 +656,7 @@ def spec_from_dict(
     feedback_gain = (
         _feedback_gain(check, top["feedback_gain"], edges) if "feedback_gain" in top else None
     )
+    _check_warm_start(check, training, dynamics)
     spec = TopologySpec(
         name=name,
         input=input_spec,

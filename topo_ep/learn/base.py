@@ -27,7 +27,9 @@ class BatchResult:
     """Outcome of one gradient computation on a batch.
 
     ``loss`` (mean cross-entropy) and ``correct`` (count) stay tensors so that the training loop
-    syncs with the device once per epoch, not once per batch.
+    syncs with the device once per epoch, not once per batch. ``free_state`` is the free
+    fixed point, one tensor per hidden layer, for methods that have one (EP), else ``None``; a
+    warm-started run stores it (:mod:`topo_ep.warm_start`).
     """
 
     loss: Tensor
@@ -35,6 +37,7 @@ class BatchResult:
     free_steps: int = 0
     nudged_steps: int = 0
     converged: bool = True
+    free_state: list[Tensor] | None = None
 
 
 class Method(Protocol):

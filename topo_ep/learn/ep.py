@@ -151,8 +151,11 @@ class EquilibriumPropagation:
         with torch.no_grad():
             return self._free(net, net.input_drive(x))
 
-    def _free(self, net: CompiledNetwork, drives: list[Tensor]) -> tuple[list[Tensor], PhaseStats]:
-        """:func:`topo_ep.engine.free_phase` with this method's schedule and limits."""
+    def _free(
+        self, net: CompiledNetwork, drives: list[Tensor], start: list[Tensor] | None = None
+    ) -> tuple[list[Tensor], PhaseStats]:
+        """:func:`topo_ep.engine.free_phase` with this method's schedule and limits, from
+        ``start`` (a warm start) or from zero."""
         return free_phase(
             net,
             drives,
@@ -161,6 +164,7 @@ class EquilibriumPropagation:
             self.tolerance,
             self.check_every,
             agree=self.agree,
+            start=start,
         )
 
     def nudged_phase(
@@ -207,12 +211,15 @@ class EquilibriumPropagation:
             agree=self.agree,
         )
 
-    def phases(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> EPPhases:
-        """Run the free phase and the one or two nudged phases on the raw batch ``x``."""
+    def phases(
+        self, net: CompiledNetwork, x: Tensor, y: Tensor, start: list[Tensor] | None = None
+    ) -> EPPhases:
+        """Run the free phase (from ``start``, a warm start, or from zero) and the one or two
+        nudged phases on the raw batch ``x``."""
         with torch.no_grad():
             inputs = net.prepare_input(x)
             drives = net.input_drive(inputs, prepared=True)
-            free, free_stats = self._free(net, drives)
+            free, free_stats = self._free(net, drives, start)
             logits = net.readout_logits(free[net.top])
             probabilities = torch.softmax(logits, dim=-1)
             target = torch.nn.functional.one_hot(y, net.spec.readout.size).to(inputs.dtype)
@@ -275,10 +282,13 @@ class EquilibriumPropagation:
                 out[ParamKey.bias(name)] = net.bias_of(name).outer(plus[k] - minus[k]) * scale
         return out
 
-    def estimate(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> EPEstimate:
+    def estimate(
+        self, net: CompiledNetwork, x: Tensor, y: Tensor, start: list[Tensor] | None = None
+    ) -> EPEstimate:
         """EP's gradient of every learned tensor, ``-dW / (nudge * batch)``, and the exact
-        cross-entropy gradient of the readout; ``.grad`` is left alone."""
-        phases = self.phases(net, x, y)
+        cross-entropy gradient of the readout; ``.grad`` is left alone. ``start``: the free
+        phase's warm start (``None``: zero)."""
+        phases = self.phases(net, x, y, start)
         batch = x.shape[0]
         scale = -1.0 / (self.nudge * batch)
         grads = {key: delta * scale for key, delta in self.updates(net, phases).items()}
@@ -301,12 +311,16 @@ class EquilibriumPropagation:
             free_steps=phases.free_stats.steps,
             nudged_steps=sum(s.steps for s in phases.nudged_stats),
             converged=bool(judged) and all(stats.converged for stats in judged),
+            free_state=phases.free,
         )
         return EPEstimate(grads, phases, result)
 
-    def gradients(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> BatchResult:
-        """Write :meth:`estimate`'s gradients into ``.grad`` of every learned tensor."""
-        estimate = self.estimate(net, x, y)
+    def gradients(
+        self, net: CompiledNetwork, x: Tensor, y: Tensor, start: list[Tensor] | None = None
+    ) -> BatchResult:
+        """Write :meth:`estimate`'s gradients into ``.grad`` of every learned tensor; the
+        free phase starts from ``start`` (a warm start) or from zero."""
+        estimate = self.estimate(net, x, y, start)
         write_gradients(net, estimate.grads)
         return estimate.result
 
