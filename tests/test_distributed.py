@@ -342,3 +342,26 @@ def test_two_ranks_stop_converged_phases_together_and_match_one_process(tmp_path
     single = _single_process(topology, "ep")
     _assert_close(load_checkpoint(out)["model"], single.net.state_dict())
     _assert_same_metrics(record, single.metrics[0])
+
+
+def test_two_ranks_with_warm_starts_match_one_process(tmp_path):
+    """With ``training.warm_start`` each rank stores the free states of its shards' examples
+    and the ranks merge them after every epoch, so in epoch 2 every example starts from its own
+    epoch-1 state whichever rank relaxes it (the shuffle moves examples between ranks): the
+    weights and the warm starts of 2 epochs match one process to 1e-12 (a rank that kept only
+    its own rows would start the examples it did not see from zero)."""
+    text = hostile.TINY_TOPOLOGY.replace("batch_size: 10", f"batch_size: {BATCH}").replace(
+        "free_steps: 8, nudged_steps: 4, tolerance: 1e-4",
+        "free_steps: 60, nudged_steps: 30, tolerance: 1e-5",
+    )
+    text = text.replace("epochs: 2}", "epochs: 2, warm_start: true}")
+    topology = hostile.write(tmp_path / "warm.yaml", text)
+    out = tmp_path / "run"
+    _two_ranks(topology, out, "ep", 2)
+    payload = load_checkpoint(out)
+    single = _single_process(topology, "ep", epochs=2)
+    assert single.warm_starts is not None
+    _assert_close(payload["model"], single.net.state_dict())
+    _assert_close({"warm": payload["warm_states"]}, {"warm": single.warm_starts.states})
+    for found, expected in zip(payload["metrics"], single.metrics, strict=True):
+        _assert_same_metrics(found, expected)
