@@ -505,7 +505,7 @@ def _check_warm_start(check: FieldChecker, training: TrainingSpec, dynamics: Dyn
     if training.warm_start and dynamics.tolerance <= 0:
         raise check.error(
             "invalid-value",
-            "warm_start: true needs converged phases (dynamics.tolerance > 0); with fixed step "
+            "true needs converged phases (dynamics.tolerance > 0); with fixed step "
             "counts (tolerance 0) a warm start would change what the free_steps steps compute. "
             "Set dynamics.tolerance (e.g. 1e-4) or drop warm_start",
             ("training", "warm_start"),

@@ -1,0 +1,40 @@
+"""Print the steps per phase and the validation accuracy of the runs of run.sh, with and without
+warm starts, as Markdown tables (from the metrics.jsonl copies in this directory)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def read(name: str) -> list[dict]:
+    lines = (HERE / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def table(net: str) -> str:
+    cold, warm = read(f"{net}_warm_false"), read(f"{net}_warm_true")
+    rows = [
+        f"### {net}",
+        "",
+        "| epoch | free steps, cold | free steps, warm | nudged steps, cold | nudged steps, warm "
+        "| val acc, cold | val acc, warm |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c, w in zip(cold, warm, strict=True):
+        rows.append(
+            f"| {c['epoch']} | {c['free_steps']:.2f} | {w['free_steps']:.2f} "
+            f"| {c['nudged_steps']:.2f} | {w['nudged_steps']:.2f} "
+            f"| {100 * c['val_acc']:.2f} | {100 * w['val_acc']:.2f} |"
+        )
+    mean = [sum(r["free_steps"] for r in runs[1:]) / max(1, len(runs) - 1) for runs in (cold, warm)]
+    rows += ["", f"Mean free steps of epochs 2 on: cold {mean[0]:.2f}, warm {mean[1]:.2f}.", ""]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    for net in ("quickstart", "fre_2x512"):
+        if (HERE / f"{net}_warm_true.jsonl").exists():
+            print(table(net))
