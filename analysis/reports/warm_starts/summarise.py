@@ -10,7 +10,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def read(name: str) -> list[dict]:
-    lines = (HERE / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    path = HERE / f"{name}.jsonl"
+    if not path.exists():  # a run still going: its run directory's metrics so far
+        path = Path("/tmp/warm_runs") / name / "metrics.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines]
 
 
@@ -23,18 +26,27 @@ def table(net: str) -> str:
         "| val acc, cold | val acc, warm |",
         "|---|---|---|---|---|---|---|",
     ]
-    for c, w in zip(cold, warm, strict=True):
+    for c, w in zip(cold, warm, strict=False):  # the epochs both runs finished
         rows.append(
             f"| {c['epoch']} | {c['free_steps']:.2f} | {w['free_steps']:.2f} "
             f"| {c['nudged_steps']:.2f} | {w['nudged_steps']:.2f} "
             f"| {100 * c['val_acc']:.2f} | {100 * w['val_acc']:.2f} |"
         )
-    mean = [sum(r["free_steps"] for r in runs[1:]) / max(1, len(runs) - 1) for runs in (cold, warm)]
-    rows += ["", f"Mean free steps of epochs 2 on: cold {mean[0]:.2f}, warm {mean[1]:.2f}.", ""]
+    common = min(len(cold), len(warm))
+    mean = [
+        sum(r["free_steps"] for r in runs[1:common]) / max(1, common - 1) for runs in (cold, warm)
+    ]
+    rows += [
+        "",
+        f"Mean free steps of epochs 2 to {common}: cold {mean[0]:.2f}, warm {mean[1]:.2f}.",
+    ]
+    rows += [""]
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
     for net in ("quickstart", "fre_2x512"):
-        if (HERE / f"{net}_warm_true.jsonl").exists():
+        try:
             print(table(net))
+        except FileNotFoundError as missing:
+            print(f"### {net}: no run yet ({missing.filename})")
