@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from topo_ep.blocks import Block, Joined
 from topo_ep.compiler import CompiledNetwork, Schedule
-from topo_ep.engine import PhaseStats, free_phase, solve
+from topo_ep.engine import Agree, PhaseStats, free_phase, solve
 from topo_ep.errors import DivergenceError
 from topo_ep.learn.base import (
     BatchResult,
@@ -125,19 +125,23 @@ def adjoint_step(
 
 
 def _relative_change(new: Sequence[Tensor], old: Sequence[Tensor], tolerance: float) -> Tensor:
-    """||lambda_t - lambda_{t-1}|| / ||lambda_t|| over all layers, divided by ``tolerance``.
+    """max_b ||lambda_t,b - lambda_{t-1},b|| / ||lambda_t,b|| over the examples b (norms over
+    all layers of one example), divided by ``tolerance``.
 
-    A 0-d tensor (a :data:`topo_ep.engine.Criterion`): 0 when both norms are zero, inf when
-    only the change is nonzero.
+    A 0-d tensor (a :data:`topo_ep.engine.Criterion`): per example, 0 when both norms are zero,
+    inf when only the change is nonzero. Judged per example, like the free phase's residual, so
+    the decision on a shard of a batch, agreed by a MAX over the shards, is the decision on the
+    whole batch (the ratio of one example does not depend on the batch's 1/B in dL/ds).
     """
-    diff = torch.stack([(a - b).pow(2).sum() for a, b in zip(new, old, strict=True)]).sum()
-    norm = torch.stack([a.pow(2).sum() for a in new]).sum()
+    diff = torch.stack([(a - b).flatten(1).pow(2).sum(1) for a, b in zip(new, old, strict=True)])
+    norm = torch.stack([a.flatten(1).pow(2).sum(1) for a in new])
+    diff, norm = diff.sum(0), norm.sum(0)
     ratio = torch.where(
         norm > 0,
         diff.sqrt() / norm.sqrt().clamp(min=torch.finfo(norm.dtype).tiny),
         torch.where(diff > 0, torch.full_like(diff, math.inf), torch.zeros_like(diff)),
     )
-    return ratio / tolerance
+    return ratio.amax() / tolerance
 
 
 def solve_adjoint(
@@ -149,6 +153,7 @@ def solve_adjoint(
     tolerance: float = 0.0,
     check_every: int = 5,
     states: Sequence[Tensor] | None = None,
+    agree: Agree | None = None,
 ) -> tuple[list[Tensor], PhaseStats]:
     """Solve lambda = M^T (D lambda) + dL/ds by iteration from lambda = dL/ds.
 
@@ -163,11 +168,15 @@ def solve_adjoint(
     schedule
         The forward schedule; its groups are visited in reverse order.
     max_steps, tolerance, check_every
-        As in :func:`topo_ep.engine.relax`: stop when the relative change
-        ||lambda_t - lambda_{t-1}|| / ||lambda_t||, read every ``check_every`` steps, falls
-        below max(tolerance, 16 eps); tolerance 0 runs exactly ``max_steps``.
+        As in :func:`topo_ep.engine.relax`: stop when every example's relative change
+        ||lambda_t - lambda_{t-1}|| / ||lambda_t|| (:func:`_relative_change`), read every
+        ``check_every`` steps, falls below max(tolerance, 16 eps); tolerance 0 runs exactly
+        ``max_steps``.
     states
         The fixed point s*, seen by the blocks (:class:`~topo_ep.blocks.Joined`).
+    agree
+        Applied to the criterion before each decision (a data-parallel run's all-reduce MAX,
+        see :func:`topo_ep.engine.convergence_decision`).
 
     Raises
     ------
@@ -184,6 +193,7 @@ def solve_adjoint(
             tolerance,
             check_every,
             criterion=_relative_change,
+            agree=agree,
             diverged=lambda t: (
                 f"the adjoint iteration became non-finite at step {t}: the Jacobian "
                 "rho'(h*) M at the free fixed point has spectral radius >= 1"
@@ -202,6 +212,7 @@ def implicit_gradients(
     check_every: int = 5,
     adjoint_steps: int | None = None,
     adjoint_tolerance: float | None = None,
+    agree: Agree | None = None,
 ) -> ImplicitResult:
     """dL/dtheta at the free fixed point by implicit differentiation (see the module docstring).
 
@@ -215,11 +226,15 @@ def implicit_gradients(
         The free relaxation, as in :func:`topo_ep.engine.relax`.
     adjoint_steps, adjoint_tolerance
         Limits of the adjoint iteration (default: ``free_steps`` and ``tolerance``).
+    agree
+        Applied to every stop test of both iterations (see :func:`solve_adjoint`).
     """
     groups = net.schedule(schedule)
     with torch.no_grad():
         drives = net.input_drive(x)
-        free, free_stats = free_phase(net, drives, groups, free_steps, tolerance, check_every)
+        free, free_stats = free_phase(
+            net, drives, groups, free_steps, tolerance, check_every, agree=agree
+        )
         h = preactivations(net, free, drives)
         derivatives = [act.derivative(hk) for act, hk in zip(net.activations, h, strict=True)]
     tensors = net.learned_tensors()
@@ -242,6 +257,7 @@ def implicit_gradients(
             tolerance if adjoint_tolerance is None else adjoint_tolerance,
             check_every,
             free,
+            agree,
         )
     except DivergenceError as exc:
         state = (
@@ -272,6 +288,8 @@ class ImplicitDifferentiation:
 
     The free phase uses the topology's schedule, step limit and tolerance; the adjoint
     iteration uses ``adjoint_steps`` (default: the free step limit) and the same tolerance.
+    ``agree`` is applied to the stop test of both iterations (a data-parallel run passes an
+    all-reduce MAX, see :func:`topo_ep.engine.convergence_decision`).
     """
 
     schedule: str = "synchronous"
@@ -279,6 +297,7 @@ class ImplicitDifferentiation:
     tolerance: float = 0.0
     check_every: int = 5
     adjoint_steps: int | None = None
+    agree: Agree | None = field(default=None, compare=False)
     name: str = "implicit"
 
     @classmethod
@@ -302,6 +321,7 @@ class ImplicitDifferentiation:
             tolerance=self.tolerance,
             check_every=self.check_every,
             adjoint_steps=self.adjoint_steps,
+            agree=self.agree,
         )
 
     def gradients(self, net: CompiledNetwork, x: Tensor, y: Tensor) -> BatchResult:
@@ -326,5 +346,6 @@ class ImplicitDifferentiation:
                 self.free_steps,
                 self.tolerance,
                 self.check_every,
+                agree=self.agree,
             )
             return net.readout_logits(free[net.top])
