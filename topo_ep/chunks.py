@@ -207,11 +207,12 @@ class ChunkRunner:
     def _warn_not_cuda(self, device: torch.device) -> None:
         if not self.warned:
             self.warned = True
-            warnings.warn(
+            warnings.warn_explicit(  # one line: no source line to show for this location
                 f"dynamics.execution: cuda-graph needs a CUDA device; the relaxation on "
                 f"{device} runs eagerly",
                 RuntimeWarning,
-                stacklevel=2,
+                "topo_ep.chunks",
+                0,
             )
 
     def static_chunks(
