@@ -9,7 +9,8 @@
 #      res_10x64, each at the shipped fixed T/K and at the converged settings of
 #      analysis/reports/converged_phases/README.md, each with dynamics.execution eager and
 #      cuda-graph; then res_10x64 fixed T/K with execution compile (one chunk compiled);
-#   4. one fre_2x512 MNIST epoch, EP and BP, on CUDA (seconds per epoch from metrics.jsonl);
+#   4. one fre_2x512 MNIST epoch on CUDA: EP eager, EP with cuda-graph, BP (seconds per epoch
+#      and test accuracy from metrics.jsonl);
 #   5. the same EP epoch under torchrun --standalone --nproc-per-node 1 (nccl backend);
 #   6. a summary table; everything in OUT/gpu_check.json, OUT/summary.md and OUT/gpu_check.log
 #      (3 files: the device tool brings back at most 8; run folders stay in a scratch folder).
@@ -115,6 +116,7 @@ train() {  # train NAME TIMEOUT LAUNCHER... -- TRAIN OPTIONS
         --out "$WORK/train_$name"
 }
 train ep 90 "$PY" -m topo_ep train --method ep
+train ep_cuda_graph 90 "$PY" -m topo_ep train --method ep --set dynamics.execution=cuda-graph
 train bp 60 "$PY" -m topo_ep train --method bp
 train ep_torchrun 100 "$PY" -m torch.distributed.run --standalone --nproc-per-node 1 \
     -m topo_ep train --method ep --dist-backend "$([ "$DRY" = 1 ] && echo gloo || echo nccl)"
@@ -136,7 +138,7 @@ bench = {}
 for path in sorted(work.glob("bench_*.json")):
     bench[path.stem.removeprefix("bench_")] = json.loads(path.read_text())
 train = {}
-for name in ("ep", "bp", "ep_torchrun"):
+for name in ("ep", "ep_cuda_graph", "bp", "ep_torchrun"):
     metrics = work / f"train_{name}" / "metrics.jsonl"
     if metrics.exists() and metrics.read_text().strip():
         train[name] = json.loads(metrics.read_text().splitlines()[-1])

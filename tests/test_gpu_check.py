@@ -43,7 +43,7 @@ def test_gpu_check_skips_what_the_budget_cannot_hold_and_writes_the_summary(tmp_
     assert document["device"] == "cpu"
     steps = document["steps"]
     assert list(steps)[:3] == ["card", "tests", "bench_fre_2x512_fixed_eager"]
-    assert len(steps) == 14 and "train_ep_torchrun" in steps
+    assert len(steps) == 15 and "train_ep_torchrun" in steps
     assert all(s["exit"] == "skipped" for s in steps.values())
     assert document["bench"] == {} and document["train"] == {}
     assert "| tests | skipped | 0 |" in (out / "summary.md").read_text()
