@@ -1,9 +1,10 @@
 """The prepared GPU script's plumbing (``benchmarks/gpu_check.sh``), on the CPU.
 
 The whole dry run (``bash benchmarks/gpu_check.sh --cpu-dry-run DATA OUT``: every step on the
-CPU, shrunk) took 193 s on the loaded 2-core development machine, too long for the suite. Here
-the budget (14 s) is below what any step is started with (15 s): every step must be skipped and
-recorded, and the summary still written, into the three files the device tool brings back.
+CPU, shrunk) took 193 to 280 s on the loaded 2-core development machine, too long for the
+suite. Here the budget (14 s) is below what any step is started with (15 s): every step must
+be skipped and recorded, and the summary still written, into the three files the device tool
+brings back.
 """
 
 from __future__ import annotations
