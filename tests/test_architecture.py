@@ -44,7 +44,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # compiling into tensors and block operators, and their spectrum
     ("compiler", "spectral", "eigen", "gain_radius"),
     # relaxation
-    ("engine", "energy", "fixed_points"),
+    ("engine", "energy", "fixed_points", "chunks"),
     # learners
     (
         "learn",

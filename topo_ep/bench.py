@@ -123,6 +123,7 @@ def _dynamics(spec: TopologySpec) -> dict[str, Any]:
         "tolerance": d.tolerance,
         "nudged_tolerance": d.tolerance if d.nudged_tolerance is None else d.nudged_tolerance,
         "check_every": d.check_every,
+        "execution": d.execution,
         "nudging": spec.training.nudging,
     }
 
@@ -245,7 +246,7 @@ def format_table(document: dict[str, Any]) -> str:
         f"{document['repeats']} repeats x {document['batches']} batches, interleaved",
         f"dynamics: {d['schedule']} / {d['nudged_schedule']}, steps {d['free_steps']} / "
         f"{d['nudged_steps']}, tolerance {d['tolerance']:g} / {d['nudged_tolerance']:g}, "
-        f"check every {d['check_every']}; "
+        f"check every {d['check_every']}, execution {d.get('execution', 'eager')}; "
         f"load average {load_text}",
         "",
         "| method | s / batch (median) | projected s / epoch | free steps | nudged steps "

@@ -27,6 +27,12 @@ and compares it with 1. So when a phase stops depends on the batch only through 
 It is read on the host only every ``check_every`` steps (one device sync per check), which keeps
 the other steps free of host syncs on GPU. Tolerance 0 runs exactly the step limit (the paper's
 fixed T/K) and reads the criterion once, after the last step.
+
+Between two checks the steps run as one chunk (:data:`Chunks`): k = ``check_every`` steps, or
+fewer up to the step limit. By default a chunk calls the step function k times
+(:func:`eager_chunks`), the same calls in the same order as a loop of single steps; a caller may
+hand :func:`solve` another runner of the same chunks, such as a CUDA graph of k captured steps
+or a ``torch.compile`` of them (:mod:`topo_ep.chunks`, ``dynamics.execution``).
 """
 
 from __future__ import annotations
@@ -50,6 +56,11 @@ Criterion = Callable[[list[Tensor], list[Tensor], float], Tensor]
 Agree = Callable[[Tensor], Tensor]
 #: Called after every step with (t, z_t, z_{t-1}); True stops the solve.
 Observer = Callable[[int, list[Tensor], list[Tensor]], bool]
+#: Runs k >= 1 steps from z_t: (z_t, k) -> (z_{t+k}, z_{t+k-1}); the states between checks.
+Chunks = Callable[[list[Tensor], int], tuple[list[Tensor], list[Tensor]]]
+#: Builds a phase's :data:`Chunks` over :func:`step` from (net, schedule, drives); ``None`` from
+#: it means "step by step" (:func:`eager_chunks`).
+ChunkSource = Callable[[CompiledNetwork, Schedule, Sequence[Tensor]], Chunks | None]
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,7 @@ def solve(
     agree: Agree | None = None,
     diverged: Callable[[int], str] | None = None,
     observe: Observer | None = None,
+    chunks: Chunks | None = None,
 ) -> tuple[list[Tensor], PhaseStats]:
     """The one fixed-point iteration of topo-ep: z_{t+1} = step_fn(z_t) from ``start``.
 
@@ -236,17 +248,31 @@ def solve(
         Message for a non-finite residual at step t (raised as :class:`DivergenceError`).
     observe
         Called after every step as ``observe(t, z_t, z_{t-1})``; returning ``True`` stops the
-        solve (unconverged) at that step.
+        solve (unconverged) at that step. An observer runs the steps one at a time.
+    chunks
+        Runs the steps between two checks, k at a time (:data:`Chunks`), with k the distance
+        to the next multiple of ``check_every`` or to ``max_steps``; ``None``:
+        :func:`eager_chunks` of ``step_fn``. It must compute what k calls of ``step_fn`` would.
     """
+    if observe is not None and chunks is not None:
+        raise ValueError("an observer sees every step: solve it without chunks")
     tol = effective_tolerance(tolerance, start[0].dtype) if start else 0.0
     check_every = max(1, int(check_every))
+    run = eager_chunks(step_fn) if chunks is None else chunks
     value = math.nan
     state = start
-    for t in range(1, max_steps + 1):
-        previous = state
-        state = step_fn(state)
-        if observe is not None and observe(t, state, previous):
-            return state, PhaseStats(t, value, False)
+    t = 0
+    while t < max_steps:
+        if observe is not None:
+            previous = state
+            state = step_fn(state)
+            t += 1
+            if observe(t, state, previous):
+                return state, PhaseStats(t, value, False)
+        else:
+            length = chunk_length(t, max_steps, check_every)
+            state, previous = run(state, length)
+            t += length
         if criterion is None or not (t == max_steps or (tol > 0 and t % check_every == 0)):
             continue
         unit = tol if tol > 0 else 1.0
@@ -258,6 +284,34 @@ def solve(
         if tol > 0 and done:
             return state, PhaseStats(t, value, True)
     return state, PhaseStats(max(0, max_steps), value, False)
+
+
+def chunk_length(done: int, max_steps: int, check_every: int) -> int:
+    """Steps of the next chunk after ``done`` steps: up to the next multiple of
+    ``check_every``, at most to ``max_steps``,
+
+        k = min(check_every - done mod check_every, max_steps - done).
+
+    So every chunk but the last of a phase has ``check_every`` steps, with or without a
+    tolerance (at tolerance 0 nothing is read between chunks).
+    """
+    return min(check_every - done % check_every, max_steps - done)
+
+
+def eager_chunks(step_fn: Callable[[list[Tensor]], list[Tensor]]) -> Chunks:
+    """The :data:`Chunks` that call ``step_fn`` k times: z_{t+1} = step_fn(z_t), returning the
+    last two states. The same calls in the same order as single steps, so the same bits."""
+
+    def run(state: list[Tensor], steps: int) -> tuple[list[Tensor], list[Tensor]]:
+        if steps < 1:
+            raise ValueError(f"a chunk runs at least one step, not {steps}")
+        previous = state
+        for _ in range(steps):
+            previous = state
+            state = step_fn(state)
+        return state, previous
+
+    return run
 
 
 def relax(
@@ -274,6 +328,7 @@ def relax(
     criterion: Criterion = state_criterion,
     agree: Agree | None = None,
     zero_start: bool = False,
+    chunk_source: ChunkSource | None = None,
 ) -> tuple[list[Tensor], PhaseStats]:
     """Relax the network from ``state`` for at most ``max_steps`` steps of ``schedule``.
 
@@ -282,7 +337,10 @@ def relax(
 
     :func:`solve` over :func:`step`: s_{t+1} = step(s_t), stopping on ``criterion``
     (default :func:`state_criterion`; the nudged phase passes :func:`contrast_criterion`),
-    each decision through ``agree``. Non-finite states raise :class:`DivergenceError` with
+    each decision through ``agree``. ``chunk_source`` (:data:`ChunkSource`) may run the steps
+    between checks another way (a CUDA graph, a compiled chunk; :mod:`topo_ep.chunks`); a
+    phase with an observer or a ``state_drive`` runs eagerly all the same, since those are
+    Python called on every step. Non-finite states raise :class:`DivergenceError` with
     the operator's spectral radius and the gains. ``schedule`` is a name
     (:meth:`CompiledNetwork.schedule`) or its groups; ``observe`` sees every step, as in
     :func:`solve` (the analyses record trajectories so).
@@ -296,6 +354,9 @@ def relax(
         steps_taken += 1
         return step(net, current, drives, groups, state_drive, first if steps_taken == 1 else ())
 
+    chunks = None
+    if chunk_source is not None and observe is None and state_drive is None:
+        chunks = chunk_source(net, groups, drives)
     return solve(
         advance,
         state,
@@ -306,6 +367,7 @@ def relax(
         agree=agree,
         diverged=lambda t: divergence_message(net, t),
         observe=observe,
+        chunks=chunks,
     )
 
 
@@ -319,6 +381,7 @@ def free_phase(
     *,
     agree: Agree | None = None,
     start: list[Tensor] | None = None,
+    chunk_source: ChunkSource | None = None,
 ) -> tuple[list[Tensor], PhaseStats]:
     """The free phase: relax from s = 0 (or from ``start``) with the input clamped and no
     nudge.
@@ -326,12 +389,22 @@ def free_phase(
     ``drives`` is :meth:`CompiledNetwork.input_drive` of the batch; the start state has its
     batch size, dtype and device. Every learner and analysis starts its free phase here. It
     stops on :func:`state_criterion`, each decision through ``agree``; from zero its first step
-    skips the products with layers still at zero (``zero_start`` of :func:`relax`).
-    ``start``: a warm start, one tensor per layer (:mod:`topo_ep.warm_start`); ``None`` is the
-    zero state.
+    skips the products with layers still at zero (``zero_start`` of :func:`relax`);
+    ``chunk_source`` as in :func:`relax`. ``start``: a warm start, one tensor per layer
+    (:mod:`topo_ep.warm_start`); ``None`` is the zero state.
     """
     if start is not None:
-        return relax(net, start, drives, schedule, max_steps, tolerance, check_every, agree=agree)
+        return relax(
+            net,
+            start,
+            drives,
+            schedule,
+            max_steps,
+            tolerance,
+            check_every,
+            agree=agree,
+            chunk_source=chunk_source,
+        )
     first = drives[0]
     zeros = net.layout.zeros(first.shape[0], dtype=first.dtype, device=first.device)
     return relax(
@@ -344,6 +417,7 @@ def free_phase(
         check_every,
         agree=agree,
         zero_start=True,
+        chunk_source=chunk_source,
     )
 
 

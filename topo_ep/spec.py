@@ -173,6 +173,9 @@ class DynamicsSpec:
     tolerance times its own norm (:mod:`topo_ep.engine`). ``tolerance = 0`` runs exactly
     the step limits (the paper's fixed T/K). ``nudged_schedule`` and ``nudged_tolerance`` are
     the nudged phase's schedule and tolerance (``None``: ``schedule``, ``tolerance``).
+    ``execution`` is how EP runs the steps between two checks (:mod:`topo_ep.chunks`):
+    ``eager`` (default), ``cuda-graph`` (a captured chunk replayed; eager off CUDA, with a
+    warning) or ``compile`` (``torch.compile`` of one chunk).
     """
 
     schedule: str = "synchronous"
@@ -182,6 +185,7 @@ class DynamicsSpec:
     check_every: int = 5
     nudged_schedule: str | None = None
     nudged_tolerance: float | None = None
+    execution: str = "eager"
 
 
 @dataclass(frozen=True)
@@ -324,6 +328,8 @@ class TopologySpec:
         for key in ("nudged_schedule", "nudged_tolerance"):
             if out["dynamics"][key] is None:
                 del out["dynamics"][key]
+        if out["dynamics"]["execution"] == "eager":  # the default; older files have no key
+            del out["dynamics"]["execution"]
         out["training"] = asdict(self.training)
         if not self.training.warm_start:  # absent when off: the mapping of before it existed
             del out["training"]["warm_start"]

@@ -91,7 +91,10 @@ DYNAMICS_KEYS = (
     "check_every",
     "nudged_schedule",
     "nudged_tolerance",
+    "execution",
 )
+#: Values of ``dynamics.execution`` (:data:`topo_ep.chunks.EXECUTIONS`, which sits above).
+EXECUTIONS = ("eager", "cuda-graph", "compile")
 TRAINING_KEYS = (
     "nudge",
     "nudging",
@@ -461,6 +464,7 @@ def _dynamics(check: FieldChecker, value: Any) -> DynamicsSpec:
         nudged_tolerance=check.get(
             data, path, "nudged_tolerance", _optional(lambda v, p: check.number(v, p, 0.0)), None
         ),
+        execution=check.get(data, path, "execution", _enum(check, EXECUTIONS), default.execution),
     )
 
 

@@ -8,7 +8,7 @@ so every ``torch.optim`` optimizer applies them. Methods are registered by name 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -29,7 +29,7 @@ class BatchResult:
     ``loss`` (mean cross-entropy) and ``correct`` (count) stay tensors so that the training loop
     syncs with the device once per epoch, not once per batch. ``free_state`` is the free
     fixed point, one tensor per hidden layer, for methods that have one (EP), else ``None``; a
-    warm-started run stores it (:mod:`topo_ep.warm_start`).
+    warm-started run stores it (:mod:`topo_ep.warm_start`); it takes no part in equality.
     """
 
     loss: Tensor
@@ -37,7 +37,7 @@ class BatchResult:
     free_steps: int = 0
     nudged_steps: int = 0
     converged: bool = True
-    free_state: list[Tensor] | None = None
+    free_state: list[Tensor] | None = field(default=None, compare=False, repr=False)
 
 
 class Method(Protocol):

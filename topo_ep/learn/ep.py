@@ -47,9 +47,11 @@ from torch import Tensor
 
 from topo_ep.balance import require_gain_factors
 from topo_ep.blocks import Joined
+from topo_ep.chunks import ChunkRunner
 from topo_ep.compiler import CompiledNetwork
 from topo_ep.engine import (
     Agree,
+    ChunkSource,
     PhaseStats,
     StateDrive,
     contrast_criterion,
@@ -103,6 +105,8 @@ class EquilibriumPropagation:
     caps. ``nudged_schedule`` (``None``: ``schedule``) runs the nudged phases.
     ``agree`` is applied to every convergence criterion before the decision (a data-parallel
     run passes an all-reduce MAX, see :func:`topo_ep.engine.convergence_decision`).
+    ``chunks`` runs the steps between checks of every phase (``dynamics.execution``:
+    a :class:`topo_ep.chunks.ChunkRunner`; ``None``: eager steps).
     """
 
     nudge: float = 0.1
@@ -118,6 +122,7 @@ class EquilibriumPropagation:
     nudged_schedule: str | None = None
     nudged_tolerance: float | None = None
     agree: Agree | None = field(default=None, compare=False)
+    chunks: ChunkSource | None = field(default=None, compare=False)
     name: str = "ep"
 
     @classmethod
@@ -138,6 +143,7 @@ class EquilibriumPropagation:
             gain_compensated=t.gain_compensated,
             nudged_schedule=d.nudged_schedule,
             nudged_tolerance=d.nudged_tolerance,
+            chunks=None if d.execution == "eager" else ChunkRunner(d.execution),
         )
 
     @property
@@ -165,6 +171,7 @@ class EquilibriumPropagation:
             self.check_every,
             agree=self.agree,
             start=start,
+            chunk_source=self.chunks,
         )
 
     def nudged_phase(
@@ -209,6 +216,7 @@ class EquilibriumPropagation:
             state_drive,
             criterion=contrast_criterion(free) if tolerance > 0 else state_criterion,
             agree=self.agree,
+            chunk_source=self.chunks,
         )
 
     def phases(
