@@ -122,6 +122,42 @@ class Block(Protocol):
     def summary(self) -> dict[str, Any]: ...
 
 
+class TiedTranspose:
+    """What every kind's tied feedback block ``g A^T`` shares (see :class:`Block`).
+
+    It joins ``source`` (the partner's target) back to ``target`` (the partner's source),
+    holds the owning ``partner`` block itself, never a copy, so it follows learning, and owns
+    no tensor. A kind subclasses it with its own products (``accumulate``, ``apply``,
+    ``adjoint``, ``dense``, ``outer``); ``summary`` is the partner's.
+    """
+
+    kind: str
+
+    def __init__(self, source: str, target: str, partner: Any, gain: float) -> None:
+        self.source = source
+        self.target = target
+        self.partner = partner
+        self.gain = float(gain)
+
+    @property
+    def parameter(self) -> None:
+        """A tied block owns nothing."""
+        return None
+
+    def gained(self, out: Tensor) -> Tensor:
+        """g * out (``out`` itself when g = 1)."""
+        return out if self.gain == 1.0 else out * self.gain
+
+    @staticmethod
+    def unpooling_state(joined: Joined | None) -> Tensor | None:
+        """The state of the layer this block writes into (``joined.target``), whose pooling
+        a state-dependent kind unpools at; ``None`` where no states are given."""
+        return joined.target if joined is not None else None
+
+    def summary(self) -> dict[str, Any]:
+        return self.partner.summary()
+
+
 @dataclass(frozen=True)
 class BlockContext:
     """Everything a block kind is built from (:meth:`BlockKind.build`).

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from topo_ep.block_schema import ConvGeometry
-from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined
+from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined, TiedTranspose
 from topo_ep.blocks.pooling import Pooling, unit_columns
 from topo_ep.errors import TopoEpError
 from topo_ep.initial import tensor_generator
@@ -301,47 +301,34 @@ class ConvBlock(nn.Module):
         return f"{self.source}->{self.target}"
 
 
-class ConvTransposeBlock:
+class ConvTransposeBlock(TiedTranspose):
     """A tied feedback block B->A, ``g A_AB^T``: the transposed convolution of the partner's
     kernel, then its pooling's adjoint (an unpool at the argmax of A's state ``joined.target``
     for max pooling). It holds the partner, never a copy, so it follows learning.
     """
 
     kind = "conv"
-
-    def __init__(self, source: str, target: str, partner: ConvBlock, gain: float) -> None:
-        self.source = source
-        self.target = target
-        self.partner = partner
-        self.gain = float(gain)
-
-    @property
-    def parameter(self) -> None:
-        """A tied block owns nothing."""
-        return None
+    partner: ConvBlock
 
     def _why(self) -> str:
         return f"the tied feedback {self.source}->{self.target} of conv block {self.partner}"
-
-    def _state(self, joined: Joined | None) -> Tensor | None:
-        return joined.target if joined is not None else None
 
     def accumulate(
         self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
     ) -> Tensor:
         """acc + scale * g * P_s^T conv_transpose_K(x), s = ``joined.target``."""
         scale = self.gain * scale
-        return self.partner.adjoint_add(acc, x, scale, self._state(joined), self._why())
+        return self.partner.adjoint_add(acc, x, scale, self.unpooling_state(joined), self._why())
 
     def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor:
         """g * P_s^T conv_transpose_K(x)."""
-        out = self.partner.adjoint_map(x, self._state(joined), self._why())
-        return out if self.gain == 1.0 else out * self.gain
+        out = self.partner.adjoint_map(x, self.unpooling_state(joined), self._why())
+        return self.gained(out)
 
     def adjoint(self, y: Tensor, joined: Joined | None = None) -> Tensor:
         """g * conv_K(P_s y): the partner's forward map with the pooling at the argmax of s."""
-        out = self.partner.pooled_forward(y, self._state(joined), self._why())
-        return out if self.gain == 1.0 else out * self.gain
+        out = self.partner.pooled_forward(y, self.unpooling_state(joined), self._why())
+        return self.gained(out)
 
     def dense(self) -> Tensor:
         """g * A^T (average pooling or none; max pooling raises, see :meth:`ConvBlock.matrix`)."""
@@ -353,11 +340,8 @@ class ConvTransposeBlock:
         partner = self.partner
         grid = post.reshape(post.shape[0], *partner.geometry.source)
         if partner.pooling is not None:
-            grid = partner.pooling.gather(grid, self._state(joined), self._why())
+            grid = partner.pooling.gather(grid, self.unpooling_state(joined), self._why())
         return partner.kernel_gradient(pre, grid)
-
-    def summary(self) -> dict[str, Any]:
-        return self.partner.summary()
 
     def __repr__(self) -> str:
         return (

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined
+from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined, TiedTranspose
 from topo_ep.initial import glorot_uniform, tensor_generator
 
 
@@ -110,7 +110,7 @@ class DenseBlock(nn.Module):
         return f"DenseBlock({self.extra_repr()})"
 
 
-class TransposeBlock:
+class TransposeBlock(TiedTranspose):
     """A tied feedback block B->A: ``g W_AB^T``, where W_AB belongs to the partner block.
 
     It holds a reference to the partner, never a copy, so it follows learning.
@@ -118,17 +118,7 @@ class TransposeBlock:
     """
 
     kind = "dense"
-
-    def __init__(self, source: str, target: str, partner: DenseBlock, gain: float) -> None:
-        self.source = source
-        self.target = target
-        self.partner = partner
-        self.gain = float(gain)
-
-    @property
-    def parameter(self) -> None:
-        """A tied block owns nothing."""
-        return None
+    partner: DenseBlock
 
     @property
     def weight(self) -> Tensor:
@@ -143,11 +133,11 @@ class TransposeBlock:
 
     def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor:
         out = x @ self.partner.weight
-        return out if self.gain == 1.0 else out * self.gain
+        return self.gained(out)
 
     def adjoint(self, y: Tensor, joined: Joined | None = None) -> Tensor:
         out = y @ self.partner.weight.t()
-        return out if self.gain == 1.0 else out * self.gain
+        return self.gained(out)
 
     def dense(self) -> Tensor:
         return self.partner.weight.t() * self.gain
@@ -155,9 +145,6 @@ class TransposeBlock:
     def outer(self, post: Tensor, pre: Tensor, joined: Joined | None = None) -> Tensor:
         """pre^T post: the derivative with respect to the partner's W (its shape)."""
         return pre.t() @ post
-
-    def summary(self) -> dict[str, Any]:
-        return self.partner.summary()
 
     def __repr__(self) -> str:
         cols, rows = self.partner.weight.shape

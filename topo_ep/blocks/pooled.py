@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from topo_ep.block_schema import pooled_shape
-from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined
+from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined, TiedTranspose
 from topo_ep.blocks.pooling import Pooling
 from topo_ep.errors import TopoEpError
 from topo_ep.initial import glorot_uniform, tensor_generator
@@ -187,46 +187,37 @@ class PooledBlock(nn.Module):
         return f"{self.source}->{self.target}"
 
 
-class PooledTransposeBlock:
+class PooledTransposeBlock(TiedTranspose):
     """The tied feedback B->A of a pooled block A->B: ``g P_s^T W^T``, unpooled at the argmax of
     A's state ``joined.target`` for max pooling. It holds the partner, never a copy."""
 
     kind = "pooled"
-
-    def __init__(self, source: str, target: str, partner: PooledBlock, gain: float) -> None:
-        self.source = source
-        self.target = target
-        self.partner = partner
-        self.gain = float(gain)
-
-    @property
-    def parameter(self) -> None:
-        """A tied block owns nothing."""
-        return None
+    partner: PooledBlock
 
     def _why(self) -> str:
         return f"the tied feedback {self.source}->{self.target} of pooled block {self.partner}"
-
-    def _state(self, joined: Joined | None) -> Tensor | None:
-        return joined.target if joined is not None else None
 
     def accumulate(
         self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
     ) -> Tensor:
         """acc + scale * g * P_s^T W^T x, s = ``joined.target``."""
-        out = self.partner.unpooled(x @ self.partner.weight, self._state(joined), self._why())
+        out = self.partner.unpooled(
+            x @ self.partner.weight, self.unpooling_state(joined), self._why()
+        )
         return torch.add(acc, out, alpha=self.gain * scale)
 
     def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor:
         """g * P_s^T W^T x."""
-        out = self.partner.unpooled(x @ self.partner.weight, self._state(joined), self._why())
-        return out if self.gain == 1.0 else out * self.gain
+        out = self.partner.unpooled(
+            x @ self.partner.weight, self.unpooling_state(joined), self._why()
+        )
+        return self.gained(out)
 
     def adjoint(self, y: Tensor, joined: Joined | None = None) -> Tensor:
         """g * W P_s y."""
-        gathered = self.partner.gathered(y, self._state(joined), self._why())
+        gathered = self.partner.gathered(y, self.unpooling_state(joined), self._why())
         out = gathered @ self.partner.weight.t()
-        return out if self.gain == 1.0 else out * self.gain
+        return self.gained(out)
 
     def dense(self) -> Tensor:
         """g * (W P)^T (average pooling; max pooling raises)."""
@@ -234,10 +225,7 @@ class PooledTransposeBlock:
 
     def outer(self, post: Tensor, pre: Tensor, joined: Joined | None = None) -> Tensor:
         """d/dW sum_b post_b . P_s^T W^T pre_b = pre^T P_s post, shaped like the partner's W."""
-        return pre.t() @ self.partner.gathered(post, self._state(joined), self._why())
-
-    def summary(self) -> dict[str, Any]:
-        return self.partner.summary()
+        return pre.t() @ self.partner.gathered(post, self.unpooling_state(joined), self._why())
 
     def __repr__(self) -> str:
         return (

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined
+from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined, TiedTranspose
 from topo_ep.blocks.dispatch import INSTALL_HINT, Plan, choose_plan
 from topo_ep.blocks.masks import local_mask, local_row_bound, random_mask, row_count
 from topo_ep.errors import TopoEpError
@@ -476,21 +476,12 @@ class SparseBlock(nn.Module):
         return f"SparseBlock({self.extra_repr()})"
 
 
-class SparseTransposeBlock:
+class SparseTransposeBlock(TiedTranspose):
     """The tied feedback ``g A^T`` of a :class:`SparseBlock`: the partner's values, transposed
     by a fixed permutation (exact; it follows learning)."""
 
     kind = "sparse"
-
-    def __init__(self, source: str, target: str, partner: SparseBlock, gain: float) -> None:
-        self.source = source
-        self.target = target
-        self.partner = partner
-        self.gain = float(gain)
-
-    @property
-    def parameter(self) -> None:
-        return None
+    partner: SparseBlock
 
     def accumulate(
         self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
@@ -503,11 +494,11 @@ class SparseTransposeBlock:
 
     def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor:
         out = self.partner.product(x, transposed=True)
-        return out if self.gain == 1.0 else out * self.gain
+        return self.gained(out)
 
     def adjoint(self, y: Tensor, joined: Joined | None = None) -> Tensor:
         out = self.partner.product(y)
-        return out if self.gain == 1.0 else out * self.gain
+        return self.gained(out)
 
     def dense(self) -> Tensor:
         return self.partner.masked_dense(self.partner.values).t() * self.gain
@@ -515,9 +506,6 @@ class SparseTransposeBlock:
     def outer(self, post: Tensor, pre: Tensor, joined: Joined | None = None) -> Tensor:
         """d/dvalues of sum_b post_b . A^T pre_b = the partner's outer(pre, post)."""
         return self.partner.outer(pre, post)
-
-    def summary(self) -> dict[str, Any]:
-        return self.partner.summary()
 
     def __repr__(self) -> str:
         rows, cols = self.partner.size
