@@ -393,30 +393,20 @@ def free_phase(
     ``chunk_source`` as in :func:`relax`. ``start``: a warm start, one tensor per layer
     (:mod:`topo_ep.warm_start`); ``None`` is the zero state.
     """
-    if start is not None:
-        return relax(
-            net,
-            start,
-            drives,
-            schedule,
-            max_steps,
-            tolerance,
-            check_every,
-            agree=agree,
-            chunk_source=chunk_source,
-        )
-    first = drives[0]
-    zeros = net.layout.zeros(first.shape[0], dtype=first.dtype, device=first.device)
+    zero_start = start is None
+    if start is None:
+        first = drives[0]
+        start = net.layout.zeros(first.shape[0], dtype=first.dtype, device=first.device)
     return relax(
         net,
-        zeros,
+        start,
         drives,
         schedule,
         max_steps,
         tolerance,
         check_every,
         agree=agree,
-        zero_start=True,
+        zero_start=zero_start,
         chunk_source=chunk_source,
     )
 
