@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from topo_ep.registry import Registry
 from topo_ep.spec import BlockSpec
@@ -120,6 +120,15 @@ class Block(Protocol):
     def outer(self, post: Tensor, pre: Tensor, joined: Joined | None = None) -> Tensor: ...
 
     def summary(self) -> dict[str, Any]: ...
+
+
+def register_tensor(module: nn.Module, name: str, value: Tensor, learned: bool) -> None:
+    """Give ``module`` its tensor ``name``: an ``nn.Parameter`` when ``learned`` (the optimizer
+    updates it), else a buffer (fixed, but in the state dict and the checkpoint)."""
+    if learned:
+        setattr(module, name, nn.Parameter(value))
+    else:
+        module.register_buffer(name, value)
 
 
 class TiedTranspose:

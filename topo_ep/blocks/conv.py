@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from topo_ep.block_schema import ConvGeometry
-from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined, TiedTranspose
+from topo_ep.blocks.base import (
+    BLOCKS,
+    Block,
+    BlockContext,
+    Joined,
+    TiedTranspose,
+    register_tensor,
+)
 from topo_ep.blocks.pooling import Pooling, unit_columns
 from topo_ep.errors import TopoEpError
 from topo_ep.initial import tensor_generator
@@ -85,10 +92,7 @@ class ConvBlock(nn.Module):
         self.gain = float(gain)
         self.geometry = geometry
         self.learned = bool(learned)
-        if learned:
-            self.weight = nn.Parameter(kernel)
-        else:
-            self.register_buffer("weight", kernel)
+        register_tensor(self, "weight", kernel, learned)
         self.pooling = (
             Pooling(geometry.pool, geometry.pool_size, geometry.source, source)
             if geometry.pool is not None

@@ -11,7 +11,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined, TiedTranspose
+from topo_ep.blocks.base import (
+    BLOCKS,
+    Block,
+    BlockContext,
+    Joined,
+    TiedTranspose,
+    register_tensor,
+)
 from topo_ep.initial import glorot_uniform, tensor_generator
 
 
@@ -41,10 +48,7 @@ class DenseBlock(nn.Module):
         self.target = target
         self.gain = float(gain)
         self.learned = bool(learned)
-        if learned:
-            self.weight = nn.Parameter(weight)
-        else:
-            self.register_buffer("weight", weight)
+        register_tensor(self, "weight", weight, learned)
 
     @classmethod
     def build(cls, context: BlockContext) -> DenseBlock:

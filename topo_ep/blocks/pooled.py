@@ -22,7 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from topo_ep.block_schema import pooled_shape
-from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined, TiedTranspose
+from topo_ep.blocks.base import (
+    BLOCKS,
+    Block,
+    BlockContext,
+    Joined,
+    TiedTranspose,
+    register_tensor,
+)
 from topo_ep.blocks.pooling import Pooling
 from topo_ep.errors import TopoEpError
 from topo_ep.initial import glorot_uniform, tensor_generator
@@ -63,10 +70,7 @@ class PooledBlock(nn.Module):
         self.gain = float(gain)
         self.pooling = pooling
         self.learned = bool(learned)
-        if learned:
-            self.weight = nn.Parameter(weight)
-        else:
-            self.register_buffer("weight", weight)
+        register_tensor(self, "weight", weight, learned)
         self.cols = math.prod(pooling.shape)
 
     @classmethod

@@ -31,7 +31,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from topo_ep.blocks.base import BLOCKS, Block, BlockContext, Joined, TiedTranspose
+from topo_ep.blocks.base import (
+    BLOCKS,
+    Block,
+    BlockContext,
+    Joined,
+    TiedTranspose,
+    register_tensor,
+)
 from topo_ep.blocks.dispatch import INSTALL_HINT, Plan, choose_plan
 from topo_ep.blocks.masks import local_mask, local_row_bound, random_mask, row_count
 from topo_ep.errors import TopoEpError
@@ -174,10 +181,7 @@ class SparseBlock(nn.Module):
         choose_plan(backend, 0.0, "cpu", warn=False)  # an unknown backend fails here
         self.register_buffer("crow_indices", crow.to(torch.long))
         self.register_buffer("col_indices", col.to(torch.long))
-        if learned:
-            self.values = nn.Parameter(values)
-        else:
-            self.register_buffer("values", values)
+        register_tensor(self, "values", values, learned)
         self.cache_products = True
         self._plans: dict[str, Plan] = {}
         self._cache: dict[str, tuple[tuple, Tensor]] = {}
