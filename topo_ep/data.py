@@ -272,12 +272,50 @@ def _load_idx_dataset(
         )
 
     n_train = int(train_labels.shape[0])
+    return _official_splits(
+        name,
+        (train_images, train_labels),
+        (test_images, test_labels),
+        val_fraction,
+        seed,
+        limit,
+        too_few=(
+            f"{files['train-labels']}: {n_train} training examples cannot give the default "
+            f"{IDX_VAL_SIZE} validation examples; pass a val_fraction"
+        ),
+        origin=f"IDX files {', '.join(str(path) for path in files.values())}",
+        training_set="the training set",
+        test_set="the official test set",
+    )
+
+
+def _official_splits(
+    name: str,
+    official_train: tuple[np.ndarray, np.ndarray],
+    official_test: tuple[np.ndarray, np.ndarray],
+    val_fraction: float | None,
+    seed: int,
+    limit: int | None,
+    *,
+    too_few: str,
+    origin: str,
+    training_set: str,
+    test_set: str,
+) -> Dataset:
+    """Train / validation / test of a dataset distributed as a training and a test set.
+
+    Validation: a fixed stratified sample of the official training set (``IDX_VAL_SIZE``
+    examples, or ``val_fraction`` of it; random_state ``SPLIT_SEED``); the rest is the training
+    split, limited to ``limit`` examples drawn with ``seed``; test: the official test set.
+    Pixels are scaled to [0, 1]. ``too_few`` is the error when the training set cannot give the
+    default validation size; ``origin``, ``training_set`` and ``test_set`` word the
+    description.
+    """
+    (train_pixels, train_labels), (test_pixels, test_labels) = official_train, official_test
+    n_train = int(train_labels.shape[0])
     if val_fraction is None:
         if n_train <= IDX_VAL_SIZE:
-            raise DataError(
-                f"{files['train-labels']}: {n_train} training examples cannot give the default "
-                f"{IDX_VAL_SIZE} validation examples; pass a val_fraction"
-            )
+            raise DataError(too_few)
         carve: float | int = IDX_VAL_SIZE
     else:
         carve = val_fraction
@@ -285,22 +323,21 @@ def _load_idx_dataset(
         np.arange(n_train), train_labels, carve, f"{name} validation"
     )
     train_idx = _apply_limit(train_idx, limit, seed)
-
-    train = _make_split(_scale_pixels(train_images[train_idx]), train_labels[train_idx])
-    val = _make_split(_scale_pixels(train_images[val_idx]), train_labels[val_idx])
-    test = _make_split(_scale_pixels(test_images), test_labels)
+    train = _make_split(_scale_pixels(train_pixels[train_idx]), train_labels[train_idx])
+    val = _make_split(_scale_pixels(train_pixels[val_idx]), train_labels[val_idx])
+    test = _make_split(_scale_pixels(test_pixels), test_labels)
     limited = f", training part limited to {limit} with seed {seed}" if limit is not None else ""
     description = (
-        f"{name}: train {len(train)}, val {len(val)}, test {len(test)} (IDX files "
-        f"{', '.join(str(path) for path in files.values())}; val a fixed stratified sample of "
-        f"the training set, random_state={SPLIT_SEED}; test the official test set{limited})"
+        f"{name}: train {len(train)}, val {len(val)}, test {len(test)} ({origin}; val a fixed "
+        f"stratified sample of {training_set}, random_state={SPLIT_SEED}; test "
+        f"{test_set}{limited})"
     )
     return Dataset(
         name=name,
         train=train,
         val=val,
         test=test,
-        n_features=int(train_images.shape[1]),
+        n_features=int(train_pixels.shape[1]),
         n_classes=_N_CLASSES,
         description=description,
     )
@@ -313,37 +350,21 @@ def _load_cifar10(root: Path, val_fraction: float | None, seed: int, limit: int 
     train_labels = np.concatenate([labels for _, labels in batches])
     test_pixels, test_labels = read_cifar10_batch(files[TEST_FILE])
     n_train = int(train_labels.shape[0])
-    if val_fraction is None:
-        if n_train <= IDX_VAL_SIZE:
-            raise DataError(
-                f"cifar10: the five training batches under {files[TRAIN_FILES[0]].parent} hold "
-                f"{n_train} examples, too few for the default {IDX_VAL_SIZE} validation "
-                "examples; pass a val_fraction"
-            )
-        carve: float | int = IDX_VAL_SIZE
-    else:
-        carve = val_fraction
-    train_idx, val_idx = _stratified_carve(
-        np.arange(n_train), train_labels, carve, "cifar10 validation"
-    )
-    train_idx = _apply_limit(train_idx, limit, seed)
-    train = _make_split(_scale_pixels(train_pixels[train_idx]), train_labels[train_idx])
-    val = _make_split(_scale_pixels(train_pixels[val_idx]), train_labels[val_idx])
-    test = _make_split(_scale_pixels(test_pixels), test_labels)
-    limited = f", training part limited to {limit} with seed {seed}" if limit is not None else ""
-    description = (
-        f"cifar10: train {len(train)}, val {len(val)}, test {len(test)} (binary batches under "
-        f"{files[TEST_FILE].parent}; val a fixed stratified sample of the five training "
-        f"batches, random_state={SPLIT_SEED}; test {TEST_FILE}{limited})"
-    )
-    return Dataset(
-        name="cifar10",
-        train=train,
-        val=val,
-        test=test,
-        n_features=int(train_pixels.shape[1]),
-        n_classes=_N_CLASSES,
-        description=description,
+    return _official_splits(
+        "cifar10",
+        (train_pixels, train_labels),
+        (test_pixels, test_labels),
+        val_fraction,
+        seed,
+        limit,
+        too_few=(
+            f"cifar10: the five training batches under {files[TRAIN_FILES[0]].parent} hold "
+            f"{n_train} examples, too few for the default {IDX_VAL_SIZE} validation "
+            "examples; pass a val_fraction"
+        ),
+        origin=f"binary batches under {files[TEST_FILE].parent}",
+        training_set="the five training batches",
+        test_set=TEST_FILE,
     )
 
 
