@@ -8,7 +8,8 @@
 #   3. topo-ep bench on CUDA, float32, batch 500, EP and BP interleaved: fre_2x512 and
 #      res_10x64, each at the shipped fixed T/K and at the converged settings of
 #      analysis/reports/converged_phases/README.md, each with dynamics.execution eager and
-#      cuda-graph; then res_10x64 fixed T/K with execution compile (one chunk compiled);
+#      cuda-graph; conv_mnist (issue 12) eager; then res_10x64 fixed T/K with execution
+#      compile (one chunk compiled);
 #   4. one fre_2x512 MNIST epoch on CUDA: EP eager, EP with cuda-graph, BP (seconds per epoch
 #      and test accuracy from metrics.jsonl);
 #   5. the same EP epoch under torchrun --standalone --nproc-per-node 1 (nccl backend);
@@ -25,6 +26,9 @@
 # The dry run (`--cpu-dry-run`, or GPU_CHECK_DEVICE=cpu) swaps cuda for cpu and shrinks every
 # step (batch 8, one timed batch, 500 training examples) so that the plumbing is tested without a
 # GPU: tests/test_gpu_check.py runs it.
+# GPU_CHECK_SKIP="NAME ..." skips the named steps (e.g. "tests train_ep_torchrun"), so that a
+# session can spend its device time elsewhere (analysis/reports/conv_mnist/run_gpu.sh runs the
+# tests beside its trainings, where no timing is taken).
 set -u
 DRY=0
 if [ "${1:-}" = "--cpu-dry-run" ]; then DRY=1; shift; fi
@@ -59,6 +63,11 @@ step() {
     local name=$1 limit=$2
     shift 2
     local now left began rc
+    if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+        printf '%s\tskipped\t0\n' "$name" >>"$STEPS"
+        echo "== $name: skipped (GPU_CHECK_SKIP)" | tee -a "$LOG"
+        return 0
+    fi
     now=$(date +%s)
     left=$((BUDGET - (now - START)))
     if [ "$left" -lt 15 ]; then
@@ -107,6 +116,8 @@ for execution in eager cuda-graph; do
     bench "res_10x64_fixed_$tag" res_10x64 "$execution" 45 "${FIXED_RES[@]}"
     bench "res_10x64_converged_$tag" res_10x64 "$execution" 45 "${CONVERGED_RES[@]}"
 done
+# the convolutional net of issue 12 (topologies/conv_mnist.yaml, batch 128), eager
+bench conv_mnist_eager conv_mnist eager 60
 
 train() {  # train NAME TIMEOUT LAUNCHER... -- TRAIN OPTIONS
     local name=$1 limit=$2

@@ -24,7 +24,13 @@ SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the script is a bash script")
 def test_gpu_check_skips_what_the_budget_cannot_hold_and_writes_the_summary(tmp_path):
-    env = dict(os.environ, GPU_CHECK_BUDGET="14", PYTHON=sys.executable, TMPDIR=str(tmp_path))
+    env = dict(
+        os.environ,
+        GPU_CHECK_BUDGET="14",
+        GPU_CHECK_SKIP="tests train_ep_torchrun",
+        PYTHON=sys.executable,
+        TMPDIR=str(tmp_path),
+    )
     out = tmp_path / "out"
     done = subprocess.run(
         ["bash", str(SCRIPT), "--cpu-dry-run", str(tmp_path / "no-data"), str(out)],
@@ -44,8 +50,12 @@ def test_gpu_check_skips_what_the_budget_cannot_hold_and_writes_the_summary(tmp_
     assert document["device"] == "cpu"
     steps = document["steps"]
     assert list(steps)[:3] == ["card", "tests", "bench_fre_2x512_fixed_eager"]
-    assert len(steps) == 15 and "train_ep_torchrun" in steps
+    assert len(steps) == 16 and "train_ep_torchrun" in steps and "bench_conv_mnist_eager" in steps
     assert all(s["exit"] == "skipped" for s in steps.values())
     assert document["bench"] == {} and document["train"] == {}
     assert "| tests | skipped | 0 |" in (out / "summary.md").read_text()
+    log = (out / "gpu_check.log").read_text()
+    assert "== tests: skipped (GPU_CHECK_SKIP)" in log
+    assert "== train_ep_torchrun: skipped (GPU_CHECK_SKIP)" in log
+    assert "== card: skipped, " in log  # the budget, not the list
     assert not list(tmp_path.glob("gpu_check.*"))  # the scratch folder is removed
