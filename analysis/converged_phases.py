@@ -21,11 +21,16 @@ another), in float64, on one batch of ``--batch`` test examples, the study
    relative to its converged value; and the free phase at the tolerance with the nudged phase
    at ``TIGHT``, which shows which phase's tolerance limits the update.
 
-Example (what produced ``analysis/reports/converged_phases`` and its ``quickstart/``)::
+Example (what produced ``analysis/reports/converged_phases``, its ``quickstart/`` and its
+``chain_10x64_res_20x64/``)::
 
     nice -n 19 python analysis/converged_phases.py --data-dir ../shared/data/mnist
     nice -n 19 python analysis/converged_phases.py --data-dir ../shared/data/mnist \
         --topologies quickstart --out analysis/reports/converged_phases/quickstart
+    nice -n 10 python analysis/converged_phases.py --data-dir ../shared/data/mnist \
+        --topologies chain_10x64 res_20x64 \
+        --tolerances 1e-4 3e-5 1e-5 3e-6 1e-6 1e-7 1e-8 1e-9 1e-10 \
+        --out analysis/reports/converged_phases/chain_10x64_res_20x64
 
 Writes ``report.md`` and ``results.json`` to ``--out``.
 """
@@ -201,7 +206,7 @@ def study(name: str, condition: str, args: argparse.Namespace, log) -> dict[str,
         (pair, tolerance, nudged)
         for nudged in NUDGED_TOLERANCES
         for pair in SCHEDULE_PAIRS
-        for tolerance in TOLERANCES
+        for tolerance in args.tolerances
         if nudged is None or nudged > tolerance
     ]
     for (free_schedule, nudged_schedule), tolerance, nudged_tolerance in settings:
@@ -243,7 +248,7 @@ def study(name: str, condition: str, args: argparse.Namespace, log) -> dict[str,
     pair = ("sweep", "sweep")
     method = dataclasses.replace(base, schedule=pair[0], nudged_schedule=pair[1])
     reference_updates = base.updates(net, reference.phases)
-    for tolerance in TOLERANCES:
+    for tolerance in args.tolerances:
         for label, free_tol, nudged_tol, test in (
             ("nudged test: state only", TIGHT, tolerance, "state"),
             ("nudged test: state and contrast", TIGHT, tolerance, "contrast"),
@@ -394,6 +399,15 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True, help="directory with the MNIST IDX files")
     parser.add_argument("--topologies", nargs="+", default=list(TOPOLOGIES))
     parser.add_argument("--conditions", nargs="+", default=["fresh", "trained"])
+    parser.add_argument(
+        "--tolerances",
+        type=float,
+        nargs="+",
+        default=list(TOLERANCES),
+        help="free-phase tolerances of the grid and the controls (default: "
+        + " ".join(f"{t:g}" for t in TOLERANCES)
+        + "); a deep chain needs tighter ones",
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--train-batches", type=int, default=40)
     parser.add_argument("--reference-factor", type=int, default=10)
