@@ -6,10 +6,12 @@ Example (the paper's Table 1 net on MNIST, 10 epochs, 2 seeds)::
         --data-dir ../shared/data/mnist --epochs 10 --seeds 0 1 --out analysis/reports/fre_2x512
 
 Each (method, seed) run is an ordinary ``topo-ep train`` run under ``OUT/<method>_s<seed>``; an
-existing finished run is reused and an interrupted one resumes from its checkpoint. The report
-``OUT/report.md`` (and ``OUT/summary.json``) gives the final-epoch test accuracy, the test
-accuracy at the best validation epoch, the best test accuracy of any epoch (reported only
-because the paper's numbers are best-of-epochs) and the seconds per training epoch.
+existing finished run is reused and an interrupted one resumes from its checkpoint. ``--dtype``
+(float32 or float64), ``--limit`` and the ``--set`` options go to every run and must be those the
+runs were started with (a resumed run refuses others); ``--device`` may change between resumes.
+The report ``OUT/report.md`` (and ``OUT/summary.json``) gives the final-epoch test accuracy,
+the test accuracy at the best validation epoch, the best test accuracy of any epoch (reported
+only because the paper's numbers are best-of-epochs) and the seconds per training epoch.
 """
 
 from __future__ import annotations
@@ -29,22 +31,32 @@ def read_metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def run_one(args: argparse.Namespace, method: str, seed: int, out: Path) -> list[dict]:
-    metrics = read_metrics(out)
-    if len(metrics) >= args.epochs:
-        return metrics[: args.epochs]
+def train_command(args: argparse.Namespace, method: str, seed: int, out: Path) -> list[str]:
+    """The ``topo-ep train`` command of one (method, seed) run into ``out``, with ``--resume``
+    where ``out`` holds a checkpoint."""
     command = [
         sys.executable, "-m", "topo_ep", "train", args.topology,
         "--dataset", args.dataset, "--method", method, "--seed", str(seed),
-        "--epochs", str(args.epochs), "--out", str(out), "--quiet",
+        "--epochs", str(args.epochs), "--dtype", args.dtype, "--out", str(out), "--quiet",
     ]  # fmt: skip
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
+    if args.device is not None:
+        command += ["--device", args.device]
+    if args.limit is not None:
+        command += ["--limit", str(args.limit)]
     if (out / "checkpoint.pt").is_file():
         command.append("--resume")
     for override in args.set:
         command += ["--set", override]
-    subprocess.run(command, check=True)
+    return command
+
+
+def run_one(args: argparse.Namespace, method: str, seed: int, out: Path) -> list[dict]:
+    metrics = read_metrics(out)
+    if len(metrics) >= args.epochs:
+        return metrics[: args.epochs]
+    subprocess.run(train_command(args, method, seed, out), check=True)
     return read_metrics(out)
 
 
@@ -67,12 +79,24 @@ def parse_run(parser: argparse.ArgumentParser, text: str) -> tuple[str, int]:
     return method, int(seed)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("topology")
     parser.add_argument("--dataset", default="digits")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="of every run (default float32; a float64 control of depth, see DESIGN.md)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="of every run (default: topo-ep train's, auto)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="at most N training examples (dry runs)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=["ep", "bp"])
     parser.add_argument(
@@ -84,7 +108,13 @@ def main() -> None:
     )
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(words)
     out = Path(args.out)
     if args.runs is None:
         runs = [(method, seed) for seed in args.seeds for method in args.methods]
@@ -97,9 +127,10 @@ def main() -> None:
         rows.append({"method": method, "seed": seed, **summarise(metrics)})
     lines = [
         f"# {Path(args.topology).stem} on {args.dataset}: "
-        + " against ".join(method.upper() for method in args.methods),
+        + " against ".join(method.upper() for method in args.methods)
+        + ("" if args.dtype == "float32" else f" ({args.dtype})"),
         "",
-        f"Command: `python analysis/compare_methods.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python analysis/compare_methods.py {' '.join(words)}`",
         "",
         "| method | seed | final test acc | test acc at best val epoch | best test acc (any "
         "epoch) | s / epoch |",
