@@ -240,10 +240,39 @@ def study(name: str, condition: str, args: argparse.Namespace, log) -> dict[str,
             f"{row['free_steps']} + {row['nudged_steps']} steps, "
             f"min cos {row['min_cosine']:.6f}, worst ratio {row['worst_norm_ratio']:.4f}"
         )
+    fixed_sweep = []
+    for free_count, nudged_count in args.fixed_steps:
+        method = dataclasses.replace(
+            base,
+            schedule="sweep",
+            nudged_schedule="sweep",
+            free_steps=free_count,
+            nudged_steps=nudged_count,
+            tolerance=0.0,
+            nudged_tolerance=None,
+        )
+        estimate = method.estimate(net, x, y)
+        edges = _compare(estimate.grads, reference.grads)
+        fixed_sweep.append(
+            {
+                "free_schedule": "sweep",
+                "nudged_schedule": "sweep",
+                "free_steps": estimate.result.free_steps,
+                "nudged_steps": estimate.result.nudged_steps,
+                **_summary(edges),
+                "edges": edges,
+            }
+        )
+        row = fixed_sweep[-1]
+        log(
+            f"  sweep fixed {row['free_steps']} + {row['nudged_steps']} steps: "
+            f"min cos {row['min_cosine']:.6f}, worst ratio {row['worst_norm_ratio']:.4f}"
+        )
     controls = []
     if base.nudging != "one-sided":  # the controls run one nudged phase
         return _result(name, condition, described, base, settle, reference_method, grid, []) | {
-            "shipped": fixed
+            "shipped": fixed,
+            "fixed_sweep": fixed_sweep,
         }
     pair = ("sweep", "sweep")
     method = dataclasses.replace(base, schedule=pair[0], nudged_schedule=pair[1])
@@ -268,7 +297,8 @@ def study(name: str, condition: str, args: argparse.Namespace, log) -> dict[str,
                 }
             )
     return _result(name, condition, described, base, settle, reference_method, grid, controls) | {
-        "shipped": fixed
+        "shipped": fixed,
+        "fixed_sweep": fixed_sweep,
     }
 
 
@@ -351,6 +381,20 @@ def write_report(results: list[dict], out: Path, command: str) -> Path:
                 f"({row['min_cosine_edge']}) | {row['worst_norm_ratio']:.4f} "
                 f"({row['worst_norm_ratio_edge']}) | {'yes' if row['passes'] else 'no'} |"
             )
+        if result.get("fixed_sweep"):
+            lines += [
+                "",
+                "Sweep with fixed steps (tolerance 0: no stopping test, so no float32 floor):",
+                "",
+                "| steps | min cos (edge) | worst ratio (edge) | passes |",
+                "|---|---|---|---|",
+            ]
+            for row in result["fixed_sweep"]:
+                lines.append(
+                    f"| {row['free_steps']} + {row['nudged_steps']} | {row['min_cosine']:.6f} "
+                    f"({row['min_cosine_edge']}) | {row['worst_norm_ratio']:.4f} "
+                    f"({row['worst_norm_ratio_edge']}) | {'yes' if row['passes'] else 'no'} |"
+                )
         lines += [
             "",
             "Controls (sweep / sweep): the nudged phase's stopping test, and which phase's "
@@ -394,6 +438,16 @@ def write_report(results: list[dict], out: Path, command: str) -> Path:
     return path
 
 
+def _step_pair(text: str) -> tuple[int, int]:
+    """``100+50`` as (100, 50)."""
+    free, _, nudged = text.partition("+")
+    if not (free.isdigit() and nudged.isdigit()) or int(free) < 1 or int(nudged) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected FREE+NUDGED step counts such as 100+50, got {text!r}"
+        )
+    return int(free), int(nudged)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, help="directory with the MNIST IDX files")
@@ -407,6 +461,14 @@ def main() -> None:
         help="free-phase tolerances of the grid and the controls (default: "
         + " ".join(f"{t:g}" for t in TOLERANCES)
         + "); a deep chain needs tighter ones",
+    )
+    parser.add_argument(
+        "--fixed-steps",
+        type=_step_pair,
+        nargs="*",
+        default=[],
+        metavar="FREE+NUDGED",
+        help="also the sweep schedule with these fixed step counts (tolerance 0), e.g. 100+50",
     )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--train-batches", type=int, default=40)
