@@ -12,7 +12,8 @@
 # do not change a running table. Launch in the background:
 #   nohup bash analysis/reports/table2/run.sh > /work/runs/table2.log 2>&1 &
 # Settings: EPOCHS (50), OUT (/work/runs/table2), DATA (/work/shared/data/mnist), PY (this
-# checkout's .venv/bin/python), OMP_NUM_THREADS (1), LIMIT (unset: every training example; a
+# checkout's .venv/bin/python), DEVICE (cpu: named, so that config.yaml says where a run last
+# trained), OMP_NUM_THREADS (1), LIMIT (unset: every training example; a
 # number for dry runs), RUNS (default: all 17, see settings.sh): which NET:METHOD:SEED runs this
 # process does. Two processes with disjoint RUNS share the two cores, e.g.
 #   RUNS="res_20x64:ep:0 res_20x64:ep:1" nohup bash run.sh > a.log 2>&1 &
@@ -24,6 +25,7 @@ PY=${PY:-$REPO/.venv/bin/python}
 DATA=${DATA:-/work/shared/data/mnist}
 OUT=${OUT:-/work/runs/table2}
 EPOCHS=${EPOCHS:-50}
+DEVICE=${DEVICE:-cpu}
 CODE=$OUT/code
 if [ ! -d "$CODE" ]; then
     mkdir -p "$CODE"
@@ -52,7 +54,7 @@ for net in $nets; do
     # shellcheck disable=SC2046  # the --set options are words
     "$PY" analysis/compare_methods.py "$(table2_topology "$net")" --dataset mnist \
         --data-dir "$DATA" --epochs "$EPOCHS" --dtype "$(table2_dtype "$net")" \
-        "${LIMIT_ARGS[@]}" --runs "${picked[@]}" $(table2_sets "$net") --out "$OUT/$net" ||
+        --device "$DEVICE" "${LIMIT_ARGS[@]}" --runs "${picked[@]}" $(table2_sets "$net") --out "$OUT/$net" ||
         { echo "FAILED: $net ${picked[*]} (see above); going on"; status=1; }
 done
 "$PY" analysis/table2_report.py "$OUT" --epochs "$EPOCHS"

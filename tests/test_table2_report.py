@@ -1,0 +1,47 @@
+"""``analysis/table2_report.py`` judges a target only on finished runs, with the mean of the
+final epochs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = importlib.util.spec_from_file_location("table2_report", REPO / "analysis/table2_report.py")
+table2_report = importlib.util.module_from_spec(SPEC)
+sys.modules.setdefault("table2_report", table2_report)  # its dataclass looks itself up there
+SPEC.loader.exec_module(table2_report)
+
+
+def _run(out: Path, net: str, name: str, test_accs: list[float]) -> None:
+    folder = out / net / name
+    folder.mkdir(parents=True)
+    lines = [
+        {"epoch": i + 1, "val_acc": acc, "test_acc": acc, "seconds": 2.0 + i}
+        for i, acc in enumerate(test_accs)
+    ]
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in lines) + "\n")
+    (folder / "config.yaml").write_text("run:\n  device: cpu\n  dtype: float32\n")
+
+
+def test_targets_are_judged_on_the_final_epoch_mean_of_finished_runs_only(tmp_path):
+    _run(tmp_path, "res_10x64", "ep_s0", [0.90, 0.98, 0.972])
+    _run(tmp_path, "res_10x64", "ep_s1", [0.90, 0.95, 0.976])  # final mean 97.4 >= 97.3
+    _run(tmp_path, "agt_10x64", "ep_s0", [0.97, 0.96, 0.964])  # best 97, final 96.4 < 96.5
+    _run(tmp_path, "res_20x64", "ep_s0", [0.99])  # 1 of 3 epochs: not judged
+    (tmp_path / "res_20x64" / "ep_s0.log").write_text("a run's log beside its folder\n")
+    table2_report.write_report(tmp_path, epochs=3)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = {(g["net"], g["method"]): g for g in summary["groups"]}
+    assert set(rows) == {("res_10x64", "ep"), ("agt_10x64", "ep"), ("res_20x64", "ep")}
+    res10 = rows["res_10x64", "ep"]
+    assert abs(res10["mean_final_test"] - 97.4) < 1e-9 and res10["meets_target"] is True
+    assert abs(res10["mean_best_test"] - 97.8) < 1e-9
+    assert rows["agt_10x64", "ep"]["meets_target"] is False
+    assert rows["res_20x64", "ep"]["finished"] is False
+    assert rows["res_20x64", "ep"]["meets_target"] is None
+    assert res10["seconds_per_epoch"] == 3.0 and res10["paper_best_of_epochs"] == 97.49
+    report = (tmp_path / "report.md").read_text()
+    assert "| res_20x64 | ep | 0 | 99.00 (1/3 epochs) |" in report
