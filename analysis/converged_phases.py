@@ -10,19 +10,22 @@ another), in float64, on one batch of ``--batch`` test examples, the study
 2. computes the reference update at full convergence: the topology's EP (its nudge, nudging,
    rule and error mode) with fixed steps ``--reference-factor`` times the settling times
    (tolerance 0, synchronous);
-3. for each schedule pair (free, nudged) and tolerance, with the nudged phase at the same
-   tolerance or at ``NUDGED_TOLERANCES`` (1e-3), runs the converged phases
+3. for each schedule pair (free, nudged) and tolerance (``--tolerances``), with the nudged
+   phase at the same tolerance or at ``NUDGED_TOLERANCES`` (1e-3), runs the converged phases
    (:class:`~topo_ep.learn.ep.EquilibriumPropagation`, ``check_every`` 1, step limits out of
-   reach) and compares every learned tensor's update with the reference:
-   cosine and norm ratio. Targets: cosine >= 0.999 and norm ratio within 5 % on every edge;
+   reach) and compares every learned tensor's update with the reference: cosine and norm
+   ratio. Targets: cosine >= 0.999 and norm ratio within 5 % on every edge. With
+   ``--fixed-steps``, also the sweep schedule with those fixed step counts and no stopping
+   test (tolerance 0), the way to settle further than float32's floor on the stopping test
+   (max(tolerance, 16 eps) = 1.9e-6) allows;
 4. two controls on the nudged phase's stopping test, with the free phase at ``TIGHT``:
    stopping on the state residual alone (``state``) against the shipped test that also waits
    for every layer's contrast s^n - s^0 (``contrast``), with the contrast of each layer
    relative to its converged value; and the free phase at the tolerance with the nudged phase
    at ``TIGHT``, which shows which phase's tolerance limits the update.
 
-Example (what produced ``analysis/reports/converged_phases``, its ``quickstart/`` and its
-``chain_10x64_res_20x64/``)::
+Example (what produced ``analysis/reports/converged_phases``, its ``quickstart/``, its
+``chain_10x64_res_20x64/`` and its ``fixed_sweep/``)::
 
     nice -n 19 python analysis/converged_phases.py --data-dir ../shared/data/mnist
     nice -n 19 python analysis/converged_phases.py --data-dir ../shared/data/mnist \
@@ -31,6 +34,10 @@ Example (what produced ``analysis/reports/converged_phases``, its ``quickstart/`
         --topologies chain_10x64 res_20x64 \
         --tolerances 1e-4 3e-5 1e-5 3e-6 1e-6 1e-7 1e-8 1e-9 1e-10 \
         --out analysis/reports/converged_phases/chain_10x64_res_20x64
+    nice -n 10 python analysis/converged_phases.py --data-dir ../shared/data/mnist \
+        --topologies chain_10x64 res_20x64 --tolerances 1e-8 \
+        --fixed-steps 40+20 50+25 60+30 80+40 100+50 120+60 \
+        --out analysis/reports/converged_phases/fixed_sweep
 
 Writes ``report.md`` and ``results.json`` to ``--out``.
 """
