@@ -6,9 +6,10 @@
 # chain_10x64_float64 is topologies/chain_10x64.yaml in float64 (the control of DESIGN.md).
 
 # Every run of the table, the longest first (what a side-by-side queue should start first):
-# EP cost per epoch on this CPU at the shipped T/K (issue 13): res_20x64 185 s, AGT 66 s,
-# res_10x64 44 s, chain 33 s; the converged settings cut res_20x64, res_10x64 and AGT several
-# times; float64 costs more than float32. BP runs are a few seconds per epoch.
+# EP cost per epoch on this CPU at the shipped T/K (issue 13): res_20x64 about 185 s, AGT 66 s,
+# res_10x64 44 s, chain 33 s; the settings below halve the steps of the chain and res_20x64 and
+# cut those of res_10x64 and AGT 2-5 times; float64 costs more than float32. BP runs take a few
+# seconds per epoch.
 TABLE2_RUNS="res_20x64:ep:0 res_20x64:ep:1 chain_10x64_float64:ep:0 chain_10x64:ep:0
 chain_10x64:ep:1 res_10x64:ep:0 res_10x64:ep:1 agt_10x64:ep:0 agt_10x64:ep:1
 res_20x64:bp:0 res_20x64:bp:1 res_10x64:bp:0 res_10x64:bp:1 agt_10x64:bp:0 agt_10x64:bp:1
