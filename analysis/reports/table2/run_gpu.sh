@@ -3,7 +3,8 @@
 # side on one CUDA device (SLOTS processes at a time, the longest first, a new one started as
 # soon as one ends), with dynamics.execution=cuda-graph for EP. The run folders of earlier
 # leases or of CPU runs, packed by pack.sh into TARBALLS/table2_runs_<net>.tar.gz, are unpacked
-# first and resumed (`topo-ep train --resume` may change the device); finished runs are skipped.
+# first (a single TARBALLS/table2_runs.tar.gz of RUNS_DIR/<net>/ folders too) and resumed
+# (`topo-ep train --resume` may change the device); finished runs are skipped.
 # Every 20 s and at the end the run folders are packed into OUT/table2_runs_<net>.tar.gz (one
 # per net: the device tool brings back at most 8 files of 16 MiB), so that what a lease cuts
 # short still comes back. At the deadline (SECONDS_LEFT after the start) the runs still training
@@ -52,7 +53,7 @@ LIMIT_ARGS=()
 echo "start $(date -Is), device $DEVICE, $EPOCHS epochs, $SLOTS side by side, deadline in" \
     "$SECONDS_LEFT s" >"$LOG"
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >>"$LOG"
-for tarball in "$TARBALLS"/table2_runs_*.tar.gz; do
+for tarball in "$TARBALLS"/table2_runs*.tar.gz; do  # per net (pack.sh), or one of all
     [ -f "$tarball" ] || continue
     tar -xzf "$tarball" -C "$WORK" && echo "unpacked $tarball" >>"$LOG"
 done
