@@ -180,7 +180,9 @@ def test_resume_differences_name_each_setting_and_field(tmp_path: Path) -> None:
     payload = load_checkpoint(tmp_path / "run")
     spec = trainer.spec
     changed = dataclasses.replace(
-        spec, training=dataclasses.replace(spec.training, lr=1e-3, epochs=9)
+        spec,
+        training=dataclasses.replace(spec.training, lr=1e-3, epochs=9),
+        dynamics=dataclasses.replace(spec.dynamics, execution="cuda-graph", free_steps=7),
     )
     settings = RunSettings(epochs=5, device="cpu", limit=30, seed=2, dtype="float64", data_dir="/x")
     differences = resume_differences(payload, changed, settings)
@@ -188,8 +190,9 @@ def test_resume_differences_name_each_setting_and_field(tmp_path: Path) -> None:
         "--seed: 0 in the checkpoint, 2 now",
         "--dtype: 'float32' in the checkpoint, 'float64' now",
         "--limit: 20 in the checkpoint, 30 now",
+        f"topology dynamics.free_steps: {spec.dynamics.free_steps} in the checkpoint, 7 now",
         "topology training.lr: 0.002 in the checkpoint, 0.001 now",
-    ]
+    ]  # training.epochs and dynamics.execution may change
 
 
 def test_resume_refuses_a_checkpoint_without_optimizer_state(tmp_path: Path) -> None:

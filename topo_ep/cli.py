@@ -39,7 +39,7 @@ TRAIN_EPILOG = """run directories (--out):
   --resume continues from OUT/checkpoint.pt and refuses settings that differ from the
   checkpoint's, naming each: --seed, --dtype, --limit, --dataset, --method, the topology
   file and its --set options. What may change: --epochs (more epochs), --device,
-  --data-dir and the number of data-parallel ranks.
+  --data-dir, the number of data-parallel ranks and dynamics.execution.
   An epoch is saved whole, checkpoint first, then its metrics line; Ctrl-C (exit 130) or
   SIGTERM (exit 143) abandons the epoch in progress and leaves no temporary file.
   Weights that become NaN or infinite stop the run with exit code 1 before they are saved.

@@ -61,6 +61,10 @@ from topo_ep.warm_start import WarmStarts
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Run settings that may differ when a run is resumed (with their command-line options).
 RESUMABLE_SETTINGS = ("epochs", "device", "data_dir", "eval_batch_size")
+#: Topology fields that a resumed run may change: the number of epochs, and how the steps are
+#: executed (``eager``, ``cuda-graph`` or ``compile`` compute the same steps), so that a run
+#: moves between a CPU and a GPU with graph capture.
+RESUMABLE_FIELDS = (("training", "epochs"), ("dynamics", "execution"))
 #: The command-line option of each run setting, for messages.
 SETTING_OPTIONS = {
     "method": "--method",
@@ -209,8 +213,9 @@ def resume_differences(
 ) -> list[str]:
     """What differs between a checkpoint and the run that would resume it.
 
-    The run settings of :data:`RESUMABLE_SETTINGS` and the topology's ``training.epochs`` may
-    differ; anything else differing is listed, one entry per setting or topology field.
+    The run settings of :data:`RESUMABLE_SETTINGS` and the topology fields of
+    :data:`RESUMABLE_FIELDS` may differ; anything else differing is listed, one entry per
+    setting or topology field.
     """
     differences = []
     stored_settings = payload.get("settings", {})
@@ -224,16 +229,20 @@ def resume_differences(
             name = SETTING_OPTIONS.get(key, key)
             differences.append(f"{name}: {stored_settings[key]!r} in the checkpoint, {value!r} now")
 
-    def without_epochs(data: dict[str, Any]) -> dict[str, Any]:
-        training = data.get("training")
-        if not isinstance(training, dict):
-            return data
-        return {**data, "training": {k: v for k, v in training.items() if k != "epochs"}}
-
     differences += _spec_differences(
-        without_epochs(payload["spec"]), without_epochs(spec.to_dict()), ""
+        _without_resumable_fields(payload["spec"]), _without_resumable_fields(spec.to_dict()), ""
     )
     return differences
+
+
+def _without_resumable_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The topology dict without the fields of :data:`RESUMABLE_FIELDS`."""
+    out = dict(data)
+    for section, key in RESUMABLE_FIELDS:
+        fields = out.get(section)
+        if isinstance(fields, dict):
+            out[section] = {k: v for k, v in fields.items() if k != key}
+    return out
 
 
 @dataclass

@@ -88,7 +88,7 @@ launch() {  # launch NET:METHOD:SEED
     "$PY" -m topo_ep train "$(table2_topology "$net")" --dataset mnist --data-dir "$DATA" \
         --method "$method" --seed "$seed" --epochs "$EPOCHS" --dtype "$(table2_dtype "$net")" \
         --device "$DEVICE" --quiet "${LIMIT_ARGS[@]}" "${resume[@]}" $(table2_sets "$net") \
-        --out "$folder" >>"$WORK/$net/${method}_s$seed.log" 2>&1 &
+        --set dynamics.execution=cuda-graph --out "$folder" >>"$WORK/$net/${method}_s$seed.log" 2>&1 &
     RUNNING[$!]=$1
     echo "$(date +%T) start $1 ($(epochs_done "$folder") epochs done${resume:+, resumed})" >>"$LOG"
 }
