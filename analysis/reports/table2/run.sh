@@ -13,7 +13,7 @@
 # that `kill -TERM -- -PID` stops run.sh, compare_methods and the training together; the
 # training keeps its last finished epoch and the same command resumes it):
 #   nohup setsid bash analysis/reports/table2/run.sh > /work/runs/table2.log 2>&1 &
-# Settings: EPOCHS (50), OUT (/work/runs/table2), DATA (/work/shared/data/mnist), PY (this
+# Settings: EPOCHS (50), OUT (/work/runs/table2), CODE (OUT/code: the snapshot), DATA (/work/shared/data/mnist), PY (this
 # checkout's .venv/bin/python), DEVICE (cpu: named, so that config.yaml says where a run last
 # trained), OMP_NUM_THREADS (1), LIMIT (unset: every training example; a
 # number for dry runs), RUNS (default: all 17, see settings.sh): which NET:METHOD:SEED runs this
@@ -29,7 +29,7 @@ DATA=${DATA:-/work/shared/data/mnist}
 OUT=${OUT:-/work/runs/table2}
 EPOCHS=${EPOCHS:-50}
 DEVICE=${DEVICE:-cpu}
-CODE=$OUT/code
+CODE=${CODE:-$OUT/code}
 if [ ! -d "$CODE" ]; then  # unpacked aside, then renamed: two processes started together
     mkdir -p "$CODE.$$"      # never see a half-written snapshot
     git -C "$REPO" archive HEAD | tar -x -C "$CODE.$$"
