@@ -13,8 +13,8 @@
 # that `kill -TERM -- -PID` stops run.sh, compare_methods and the training together; the
 # training keeps its last finished epoch and the same command resumes it):
 #   nohup setsid bash analysis/reports/table2/run.sh > /work/runs/table2.log 2>&1 &
-# Settings: EPOCHS (50), OUT (/work/runs/table2), CODE (OUT/code: the snapshot), DATA (/work/shared/data/mnist), PY (this
-# checkout's .venv/bin/python), DEVICE (cpu: named, so that config.yaml says where a run last
+# Settings: EPOCHS (50), OUT (/work/runs/table2), CODE (OUT/code: the snapshot folder), DATA
+# (/work/shared/data/mnist), PY (this checkout's .venv/bin/python), DEVICE (cpu: named, so that config.yaml says where a run last
 # trained), OMP_NUM_THREADS (1), LIMIT (unset: every training example; a
 # number for dry runs), RUNS (default: all 17, see settings.sh): which NET:METHOD:SEED runs this
 # process does. Two processes with disjoint RUNS share the two cores, e.g.
