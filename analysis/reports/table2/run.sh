@@ -14,9 +14,9 @@
 # training keeps its last finished epoch and the same command resumes it):
 #   nohup setsid bash analysis/reports/table2/run.sh > /work/runs/table2.log 2>&1 &
 # Settings: EPOCHS (50), OUT (/work/runs/table2), CODE (OUT/code: the snapshot folder), DATA
-# (/work/shared/data/mnist), PY (this checkout's .venv/bin/python), DEVICE (cpu: named, so that config.yaml says where a run last
-# trained), OMP_NUM_THREADS (1), LIMIT (unset: every training example; a
-# number for dry runs), RUNS (default: all 17, see settings.sh): which NET:METHOD:SEED runs this
+# (/work/shared/data/mnist), PY (this checkout's .venv/bin/python), DEVICE (cpu: named, so that
+# config.yaml says where a run last trained), OMP_NUM_THREADS (1), LIMIT (unset: every training
+# example; a number for dry runs), RUNS (default: all 17, see settings.sh): which NET:METHOD:SEED runs this
 # process does. Two processes with disjoint RUNS share the two cores, e.g.
 #   RUNS="res_20x64:ep:0 res_20x64:ep:1" nohup setsid bash run.sh > a.log 2>&1 &
 #   RUNS="chain_10x64_float64:ep:0 chain_10x64:ep:0 ..." nohup setsid bash run.sh > b.log 2>&1 &
