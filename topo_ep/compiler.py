@@ -28,7 +28,17 @@ from torch import Tensor, nn
 
 from topo_ep.activations import Activation, get_activation
 from topo_ep.balance import Balance, analyse_balance, require_gain_factors
-from topo_ep.blocks import BLOCKS, READOUT, Block, BlockContext, BlockKind, Joined, ReadoutHead
+from topo_ep.blocks import (
+    BLOCKS,
+    READOUT,
+    Block,
+    BlockContext,
+    BlockKind,
+    Joined,
+    ReadoutHead,
+    in_place_accumulator,
+)
+from topo_ep.blocks.base import Accumulator
 from topo_ep.blocks.bias import LayerBias, bias_shape
 from topo_ep.errors import TopoEpError
 from topo_ep.gain_radius import (
@@ -333,6 +343,8 @@ class CompiledNetwork(nn.Module):
         self.input_blocks: list[list[Block]] = [[] for _ in range(n)]
         self.incoming: list[list[tuple[int, Block]]] = [[] for _ in range(n)]
         self.feedforward_incoming: list[list[tuple[int, Block]]] = [[] for _ in range(n)]
+        # beside incoming[k]: each block's in-place accumulate (preactivation)
+        self._accumulators: list[list[Accumulator]] = [[] for _ in range(n)]
         for block, binding in zip(self.blocks, self.bindings.values(), strict=True):
             target = self.layout.index(block.target)
             if block.source == INPUT:
@@ -340,6 +352,7 @@ class CompiledNetwork(nn.Module):
                 continue
             pair = (self.layout.index(block.source), block)
             self.incoming[target].append(pair)
+            self._accumulators[target].append(in_place_accumulator(block))
             if binding.edge.kind != "feedback":
                 self.feedforward_incoming[target].append(pair)
 
@@ -609,12 +622,22 @@ class CompiledNetwork(nn.Module):
         blocks.Joined`). The blocks from the layers in ``zero``, whose states the caller
         knows to be exactly zero, are skipped (with finite weights, adding their exact zeros
         changes no bit).
+
+        The first block's ``accumulate`` creates h_k from the drive (one copy of it); the
+        next ones add into that tensor in place (``accumulate_``, :func:`~topo_ep.blocks.
+        in_place_accumulator`), the same bits as a chain of ``accumulate`` without a copy per
+        block. So the result is a new tensor, which the caller owns, unless no block was
+        applied: then it is ``drive`` itself.
         """
         acc = drive
-        for source, block in self.incoming[k]:
+        for (source, block), add_into in zip(self.incoming[k], self._accumulators[k], strict=True):
             if source in zero:
                 continue
-            acc = block.accumulate(acc, state[source], joined=Joined(state[source], state[k]))
+            x = state[source]
+            if acc is drive:
+                acc = block.accumulate(acc, x, joined=Joined(x, state[k]))
+            else:
+                acc = add_into(acc, x, joined=Joined(x, state[k]))
         return acc
 
     def feedforward_preactivation(self, k: int, state: list[Tensor], drive: Tensor) -> Tensor:

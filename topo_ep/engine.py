@@ -103,19 +103,26 @@ def step(
 
     ``zero``: layers whose states are exactly zero at the start of the step (the free phase's
     first step); their blocks are skipped until their group is updated, which saves the
-    products with zero and changes no bit. Returns a new list; the input list is not modified.
+    products with zero and changes no bit. Returns a new list; neither the input list nor its
+    tensors are modified.
+
+    A pre-activation that :meth:`~topo_ep.compiler.CompiledNetwork.preactivation` created
+    (it is not the drive itself) is turned into the state in place (:meth:`~topo_ep.
+    activations.Activation.fn_`), the same bits without one allocation per layer.
     """
     new = list(state)
-    still_zero = set(zero)
+    still_zero = set(zero) if zero else zero
+    activations = net.activations
     for group in schedule:
-        extra = state_drive(new) if state_drive is not None else {}
+        extra = state_drive(new) if state_drive is not None else None
         pre = []
         for k in group:
-            drive = drives[k] + extra[k] if k in extra else drives[k]
-            pre.append(net.preactivation(k, new, drive, still_zero))
-        for k, h in zip(group, pre, strict=True):
-            new[k] = net.activations[k].fn(h)
-        still_zero.difference_update(group)
+            drive = drives[k] if extra is None or k not in extra else drives[k] + extra[k]
+            pre.append((k, drives[k], net.preactivation(k, new, drive, still_zero)))
+        for k, given, h in pre:
+            new[k] = activations[k].fn(h) if h is given else activations[k].fn_(h)
+        if still_zero:
+            still_zero.difference_update(group)
     return new
 
 
