@@ -38,7 +38,6 @@ from topo_ep.blocks import (
     ReadoutHead,
     in_place_accumulator,
 )
-from topo_ep.blocks.base import Accumulator
 from topo_ep.blocks.bias import LayerBias, bias_shape
 from topo_ep.errors import TopoEpError
 from topo_ep.gain_radius import (
@@ -343,8 +342,6 @@ class CompiledNetwork(nn.Module):
         self.input_blocks: list[list[Block]] = [[] for _ in range(n)]
         self.incoming: list[list[tuple[int, Block]]] = [[] for _ in range(n)]
         self.feedforward_incoming: list[list[tuple[int, Block]]] = [[] for _ in range(n)]
-        # beside incoming[k]: each block's in-place accumulate (preactivation)
-        self._accumulators: list[list[Accumulator]] = [[] for _ in range(n)]
         for block, binding in zip(self.blocks, self.bindings.values(), strict=True):
             target = self.layout.index(block.target)
             if block.source == INPUT:
@@ -352,7 +349,6 @@ class CompiledNetwork(nn.Module):
                 continue
             pair = (self.layout.index(block.source), block)
             self.incoming[target].append(pair)
-            self._accumulators[target].append(in_place_accumulator(block))
             if binding.edge.kind != "feedback":
                 self.feedforward_incoming[target].append(pair)
 
@@ -630,14 +626,14 @@ class CompiledNetwork(nn.Module):
         applied: then it is ``drive`` itself.
         """
         acc = drive
-        for (source, block), add_into in zip(self.incoming[k], self._accumulators[k], strict=True):
+        for source, block in self.incoming[k]:
             if source in zero:
                 continue
             x = state[source]
             if acc is drive:
                 acc = block.accumulate(acc, x, joined=Joined(x, state[k]))
             else:
-                acc = add_into(acc, x, joined=Joined(x, state[k]))
+                acc = in_place_accumulator(block)(acc, x, joined=Joined(x, state[k]))
         return acc
 
     def feedforward_preactivation(self, k: int, state: list[Tensor], drive: Tensor) -> Tensor:

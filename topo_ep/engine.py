@@ -126,10 +126,28 @@ def step(
     return new
 
 
+def _rows(layers: Sequence[Tensor]) -> list[Tensor]:
+    """Each layer as (batch, units): a view (``flatten(1)``) for a layer with a shape."""
+    return [layer if layer.dim() == 2 else layer.flatten(1) for layer in layers]
+
+
 def _largest_magnitude(layer: Tensor) -> Tensor:
-    """max_i |s_{b,i}| per example, shape (batch,), without allocating |s|."""
-    flat = layer.flatten(1)
-    return torch.maximum(flat.amax(dim=1), flat.amin(dim=1).neg())
+    """max_i |s_{b,i}| per example of a (batch, units) layer, shape (batch,), without
+    allocating |s| (two vectorised reductions; ``vector_norm`` with ``ord=inf`` is a scalar
+    loop on the CPU, several times slower)."""
+    return torch.maximum(layer.amax(dim=1), layer.amin(dim=1).neg())
+
+
+def _over_layers(per_layer: list[Tensor]) -> Tensor:
+    """The maximum over the layers of per-example values, shape (batch,)."""
+    return per_layer[0] if len(per_layer) == 1 else torch.stack(per_layer).amax(dim=0)
+
+
+def _largest_change(changes: list[Tensor]) -> Tensor:
+    """max_i |d_{b,i}| per example over all layers of the differences ``changes``, which it
+    overwrites with their absolute values (one ``_foreach_abs_``)."""
+    torch._foreach_abs_(changes)
+    return _over_layers([change.amax(dim=1) for change in changes])
 
 
 def state_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> Tensor:
@@ -139,12 +157,16 @@ def state_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> Tensor:
 
     The max-norm bounds every unit's change, whatever the layer sizes (an RMS over all units
     would dilute a small layer that is still moving); the denominator makes it absolute for
-    states in [-1, 1] and relative for larger ones. One temporary per layer (the difference).
+    states in [-1, 1] and relative for larger ones. One temporary per layer (the differences
+    of all layers in one ``_foreach_sub``, made absolute in one ``_foreach_abs_``); each max is
+    exact, so the value does not depend on how the reductions are grouped.
     """
-    pairs = zip(new, old, strict=True)
-    change = torch.stack([(a - b).flatten(1).abs_().amax(dim=1) for a, b in pairs])
-    size = torch.stack([_largest_magnitude(a) for a in new])
-    return change.amax(dim=0) / size.amax(dim=0).clamp(min=1.0)
+    if len(new) != len(old):
+        raise ValueError(f"{len(new)} layers against {len(old)}")
+    current = _rows(new)
+    change = _largest_change(torch._foreach_sub(current, _rows(old)))
+    size = _over_layers([_largest_magnitude(layer) for layer in current])
+    return change / size.clamp(min=1.0)
 
 
 def state_criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
@@ -163,30 +185,33 @@ def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
 
         max_b max( r_b / tol, max_k ||Delta c||_{b,k} / max(tol ||c||_{b,k}, 16 eps sqrt(n_k)) )
 
-    with r_b of :func:`state_change`. Per layer it allocates one temporary, reused for the
-    change and the contrast, and reduces it to per-example numbers.
+    with r_b of :func:`state_change`. Per layer it allocates two temporaries, the change
+    s_t - s_{t-1} and the contrast s_t - s^0 (each set in one ``_foreach_sub``), and reduces
+    them to per-example numbers; the per-layer ratios are formed for all layers at once.
     """
-    references = [layer.flatten(1) for layer in free]
+    references = _rows(free)
     if not references or references[0].shape[0] == 0:
         return state_criterion
-    eps = torch.finfo(references[0].dtype).eps
-    floors = [16.0 * eps * math.sqrt(ref.shape[1]) for ref in references]
+    reference = references[0]
+    eps = torch.finfo(reference.dtype).eps
+    floors = torch.tensor(
+        [[16.0 * eps * math.sqrt(ref.shape[1])] for ref in references],
+        dtype=reference.dtype,
+        device=reference.device,
+    )
 
     def criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
-        layers, changes, sizes = [], [], []
-        for current, previous, reference, floor in zip(new, old, references, floors, strict=True):
-            current, previous = current.flatten(1), previous.flatten(1)
-            work = current - previous
-            change_norm = torch.linalg.vector_norm(work, dim=1)
-            changes.append(work.abs_().amax(dim=1))
-            torch.sub(current, reference, out=work)
-            contrast_norm = torch.linalg.vector_norm(work, dim=1)
-            layers.append(change_norm / torch.clamp(tolerance * contrast_norm, min=floor))
-            sizes.append(_largest_magnitude(current))
-        change = torch.stack(changes).amax(dim=0)
-        size = torch.stack(sizes).amax(dim=0).clamp(min=1.0)
-        states = (change / size).amax() / tolerance
-        return torch.maximum(torch.stack(layers).amax(), states)
+        if not len(new) == len(old) == len(references):
+            raise ValueError(f"{len(new)} and {len(old)} layers against {len(references)}")
+        current = _rows(new)
+        changes = torch._foreach_sub(current, _rows(old))
+        contrasts = torch._foreach_sub(current, references)
+        change_norms = torch.stack([torch.linalg.vector_norm(c, dim=1) for c in changes])
+        contrast_norms = torch.stack([torch.linalg.vector_norm(c, dim=1) for c in contrasts])
+        layers = change_norms / torch.clamp(tolerance * contrast_norms, min=floors)
+        size = _over_layers([_largest_magnitude(layer) for layer in current])
+        states = (_largest_change(changes) / size.clamp(min=1.0)).amax() / tolerance
+        return torch.maximum(layers.amax(), states)
 
     return criterion
 
