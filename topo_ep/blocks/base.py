@@ -59,7 +59,8 @@ class Block(Protocol):
       parameter theta, without the gain, shaped like :attr:`parameter`. For a dense W it is
       ``post^T pre`` (n_target, n_source); for a sparse block the same at the mask, as the
       stored values; for a convolution the kernel gradient. The ``paper`` rule calls it once
-      with the contrast as ``post``; the ``contrast`` rule twice and subtracts.
+      with the contrast as ``post``; the ``contrast`` rule twice and subtracts. It returns a
+      new tensor, which the caller owns (the learner scales it in place).
 
     A block that owns storage (the kind's class, :class:`BlockKind`) also offers
     ``transpose(source, target, gain)``: the tied feedback block ``gain * A^T`` from its
