@@ -17,7 +17,15 @@ import torch
 from topo_ep.activations import get_activation
 from topo_ep.blocks import DenseBlock, Joined, in_place_accumulator
 from topo_ep.compiler import compile_topology
-from topo_ep.engine import contrast_criterion, state_change, state_criterion, step
+from topo_ep.engine import (
+    bounded_state_criterion,
+    bounded_states,
+    contrast_criterion,
+    state_change,
+    state_criterion,
+    state_criterion_for,
+    step,
+)
 from topo_ep.learn.ep import EquilibriumPropagation
 from topo_ep.loader import loads_topology
 from topo_ep.spec import ACTIVATIONS, INPUT
@@ -266,3 +274,40 @@ def _biased():
         net.biases["h2"].copy_(torch.linspace(-0.2, 0.2, 5, dtype=torch.float64))
     x = torch.rand(8, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     return net, x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_bounded_criteria_give_the_values_of_the_full_ones_on_bounded_states(dtype):
+    """States in [-1, 1] (tanh of anything, exact +-1 included): the denominator is 1."""
+    new, old, free = ([torch.tanh(3 * s) for s in _states(dtype, 1.0, seed)] for seed in (0, 1, 2))
+    new[0][0, 0] = 1.0
+    new[2][3, 1] = -1.0
+    assert _same_bits(state_change(new, old, bounded=True), state_change(new, old))
+    assert _same_bits(bounded_state_criterion(new, old, 1e-4), state_criterion(new, old, 1e-4))
+    bounded, full = contrast_criterion(free, bounded=True), contrast_criterion(free)
+    assert _same_bits(bounded(new, old, 1e-3), full(new, old, 1e-3))
+
+
+def test_states_count_as_bounded_only_when_every_layer_is_updated_by_a_bounded_activation():
+    net, _ = _residual(torch.float64)
+    assert bounded_states(net, net.schedule("sweep"))
+    assert bounded_states(net, net.schedule("synchronous"))
+    assert state_criterion_for(net, net.schedule("sweep")) is bounded_state_criterion
+    partial = net.schedule("sweep")[1:]  # the first layer keeps its start state
+    assert not bounded_states(net, partial)
+    assert state_criterion_for(net, partial) is state_criterion
+    spec = spec_from_dict(
+        {
+            "name": "one_linear_layer",
+            "input": {"size": 4},
+            "layers": [
+                {"name": "h1", "size": 5},
+                {"name": "h2", "size": 3, "activation": "identity"},
+            ],
+            "readout": {"from": "h2", "size": 2},
+            "edges": [{"source": "input", "target": "h1"}, {"source": "h1", "target": "h2"}],
+        }
+    )
+    linear = compile_topology(spec, seed=0, dtype=torch.float64)
+    assert not bounded_states(linear, linear.schedule("sweep"))
+    assert state_criterion_for(linear, linear.schedule("sweep")) is state_criterion

@@ -31,6 +31,10 @@ class Activation:
         s = rho(h) written into h and returned, the same bits as ``fn`` (the relaxation step
         applies it to the pre-activation it has just created, which saves an allocation);
         ``None``: ``fn``.
+    bound
+        sup_h |rho(h)| (also in floating point: tanh rounds to at most 1), ``None`` when rho is
+        unbounded. With states bounded by 1 the convergence test needs no |s| (its denominator
+        max(max_i |s_i|, 1) is 1; :func:`topo_ep.engine.state_change`).
     """
 
     name: str
@@ -38,6 +42,7 @@ class Activation:
     derivative: Callable[[Tensor], Tensor]
     potential: Callable[[Tensor], Tensor]
     in_place: Callable[[Tensor], Tensor] | None = None
+    bound: float | None = None
 
     def fn_(self, h: Tensor) -> Tensor:
         """rho(h), in place in ``h`` where :attr:`in_place` exists (the caller owns ``h``)."""
@@ -107,16 +112,24 @@ def _identity(h: Tensor) -> Tensor:
 
 
 _ACTIVATIONS = {
-    "tanh": Activation("tanh", torch.tanh, _tanh_derivative, _tanh_potential, torch.tanh_),
+    "tanh": Activation(
+        "tanh", torch.tanh, _tanh_derivative, _tanh_potential, torch.tanh_, bound=1.0
+    ),
     "hard_sigmoid": Activation(
         "hard_sigmoid",
         _hard_sigmoid,
         _hard_sigmoid_derivative,
         _hard_sigmoid_potential,
         _hard_sigmoid_,
+        bound=1.0,
     ),
     "sigmoid": Activation(
-        "sigmoid", torch.sigmoid, _sigmoid_derivative, _sigmoid_potential, torch.sigmoid_
+        "sigmoid",
+        torch.sigmoid,
+        _sigmoid_derivative,
+        _sigmoid_potential,
+        torch.sigmoid_,
+        bound=1.0,
     ),
     "identity": Activation(
         "identity", _identity, torch.ones_like, _hard_sigmoid_potential, _identity

@@ -144,27 +144,30 @@ def _over_layers(per_layer: list[Tensor]) -> Tensor:
 
 
 def _largest_change(changes: list[Tensor]) -> Tensor:
-    """max_i |d_{b,i}| per example over all layers of the differences ``changes``, which it
-    overwrites with their absolute values (one ``_foreach_abs_``)."""
-    torch._foreach_abs_(changes)
-    return _over_layers([change.amax(dim=1) for change in changes])
+    """max_i |d_{b,i}| per example over all layers of the differences ``changes``: two
+    read-only reductions per layer (:func:`_largest_magnitude`), no |d| written."""
+    return _over_layers([_largest_magnitude(change) for change in changes])
 
 
-def state_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> Tensor:
+def state_change(new: Sequence[Tensor], old: Sequence[Tensor], bounded: bool = False) -> Tensor:
     """Per-example change of the last step, shape (batch,):
 
         r_b = max_i |s_t - s_{t-1}|_{b,i} / max(max_i |s_t|_{b,i}, 1).
 
     The max-norm bounds every unit's change, whatever the layer sizes (an RMS over all units
     would dilute a small layer that is still moving); the denominator makes it absolute for
-    states in [-1, 1] and relative for larger ones. One temporary per layer (the differences
-    of all layers in one ``_foreach_sub``, made absolute in one ``_foreach_abs_``); each max is
-    exact, so the value does not depend on how the reductions are grouped.
+    states in [-1, 1] and relative for larger ones. ``bounded``: the caller knows every
+    |s_t| <= 1 (:func:`bounded_states`), so the denominator is 1 and |s_t| is not read; the
+    value is the same. One temporary per layer (the differences of all layers in one
+    ``_foreach_sub``); each max is exact, so the value does not depend on how the reductions
+    are grouped.
     """
     if len(new) != len(old):
         raise ValueError(f"{len(new)} layers against {len(old)}")
     current = _rows(new)
     change = _largest_change(torch._foreach_sub(current, _rows(old)))
+    if bounded:
+        return change
     size = _over_layers([_largest_magnitude(layer) for layer in current])
     return change / size.clamp(min=1.0)
 
@@ -174,7 +177,30 @@ def state_criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> T
     return state_change(new, old).amax() / tolerance
 
 
-def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
+def bounded_state_criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
+    """:func:`state_criterion` of states known to lie in [-1, 1] (:func:`bounded_states`): the
+    same value, without reading |s_t|."""
+    return state_change(new, old, bounded=True).amax() / tolerance
+
+
+def bounded_states(net: CompiledNetwork, groups: Schedule) -> bool:
+    """Whether every state after a step of ``groups`` lies in [-1, 1]: the step updates every
+    layer and every activation is bounded by 1 (:attr:`~topo_ep.activations.Activation.
+    bound`), so the criteria may skip the denominator max(max_i |s_i|, 1) = 1."""
+    updated = {k for group in groups for k in group}
+    return len(updated) == len(net.activations) and all(
+        activation.bound is not None and activation.bound <= 1.0 for activation in net.activations
+    )
+
+
+def state_criterion_for(net: CompiledNetwork, groups: Schedule) -> Criterion:
+    """The free phase's criterion for a relaxation of ``net`` under ``groups``:
+    :func:`bounded_state_criterion` where :func:`bounded_states`, else
+    :func:`state_criterion` (the same values)."""
+    return bounded_state_criterion if bounded_states(net, groups) else state_criterion
+
+
+def contrast_criterion(free: Sequence[Tensor], bounded: bool = False) -> Criterion:
     """The nudged phase's criterion: the state test and, per layer k, the contrast test
 
         ||c_t - c_{t-1}||_{b,k} <= max(tol ||c_t||_{b,k}, 16 eps sqrt(n_k)),   c = s - s^0,
@@ -185,13 +211,14 @@ def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
 
         max_b max( r_b / tol, max_k ||Delta c||_{b,k} / max(tol ||c||_{b,k}, 16 eps sqrt(n_k)) )
 
-    with r_b of :func:`state_change`. Per layer it allocates two temporaries, the change
-    s_t - s_{t-1} and the contrast s_t - s^0 (each set in one ``_foreach_sub``), and reduces
-    them to per-example numbers; the per-layer ratios are formed for all layers at once.
+    with r_b of :func:`state_change` (``bounded`` as there). Per layer it allocates two
+    temporaries, the change s_t - s_{t-1} and the contrast s_t - s^0 (each set in one
+    ``_foreach_sub``), and reduces them to per-example numbers; the per-layer ratios are
+    formed for all layers at once.
     """
     references = _rows(free)
     if not references or references[0].shape[0] == 0:
-        return state_criterion
+        return bounded_state_criterion if bounded else state_criterion
     reference = references[0]
     eps = torch.finfo(reference.dtype).eps
     floors = torch.tensor(
@@ -209,8 +236,11 @@ def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
         change_norms = torch.stack([torch.linalg.vector_norm(c, dim=1) for c in changes])
         contrast_norms = torch.stack([torch.linalg.vector_norm(c, dim=1) for c in contrasts])
         layers = change_norms / torch.clamp(tolerance * contrast_norms, min=floors)
-        size = _over_layers([_largest_magnitude(layer) for layer in current])
-        states = (_largest_change(changes) / size.clamp(min=1.0)).amax() / tolerance
+        change = _largest_change(changes)
+        if not bounded:
+            size = _over_layers([_largest_magnitude(layer) for layer in current])
+            change = change / size.clamp(min=1.0)
+        states = change.amax() / tolerance
         return torch.maximum(layers.amax(), states)
 
     return criterion
@@ -357,7 +387,7 @@ def relax(
     state_drive: StateDrive | None = None,
     observe: Observer | None = None,
     *,
-    criterion: Criterion = state_criterion,
+    criterion: Criterion | None = None,
     agree: Agree | None = None,
     zero_start: bool = False,
     chunk_source: ChunkSource | None = None,
@@ -368,7 +398,8 @@ def relax(
     products with layers not yet updated (:func:`step`; the states are the same bits).
 
     :func:`solve` over :func:`step`: s_{t+1} = step(s_t), stopping on ``criterion``
-    (default :func:`state_criterion`; the nudged phase passes :func:`contrast_criterion`),
+    (``None``: :func:`state_criterion_for` the network and schedule; the nudged phase passes
+    :func:`contrast_criterion`),
     each decision through ``agree``. ``chunk_source`` (:data:`ChunkSource`) may run the steps
     between checks another way (a CUDA graph, a compiled chunk; :mod:`topo_ep.chunks`); a
     phase with an observer or a ``state_drive`` runs eagerly all the same, since those are
@@ -378,6 +409,8 @@ def relax(
     :func:`solve` (the analyses record trajectories so).
     """
     groups = net.schedule(schedule) if isinstance(schedule, str) else schedule
+    if criterion is None:
+        criterion = state_criterion_for(net, groups)
     first = range(len(state)) if zero_start else ()
     steps_taken = 0
 

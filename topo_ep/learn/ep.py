@@ -54,10 +54,10 @@ from topo_ep.engine import (
     ChunkSource,
     PhaseStats,
     StateDrive,
+    bounded_states,
     contrast_criterion,
     free_phase,
     relax,
-    state_criterion,
 )
 from topo_ep.learn.base import BatchResult, Gradients, cross_entropy_and_correct, write_gradients
 from topo_ep.learn.registry import METHODS
@@ -205,16 +205,19 @@ class EquilibriumPropagation:
                 error = target - net.readout(state)
                 return {top: nudge * head.feedback_of(error, Joined(None, state[top]))}
 
+        groups = net.schedule(self.nudged_schedule or self.schedule)
         return relax(
             net,
             free,
             nudged_drives,
-            self.nudged_schedule or self.schedule,
+            groups,
             self.nudged_steps,
             tolerance,
             self.check_every,
             state_drive,
-            criterion=contrast_criterion(free) if tolerance > 0 else state_criterion,
+            criterion=(
+                contrast_criterion(free, bounded_states(net, groups)) if tolerance > 0 else None
+            ),
             agree=self.agree,
             chunk_source=self.chunks,
         )
