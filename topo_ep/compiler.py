@@ -593,7 +593,10 @@ class CompiledNetwork(nn.Module):
         """Per-layer constant drive: sum of g W x' over input edges plus the bias, (batch, n_k).
 
         ``x`` is a raw batch, prepared here (:meth:`prepare_input`), or the prepared batch
-        itself when ``prepared``.
+        itself when ``prepared``. A drive is read only: a bias is broadcast over the batch, and
+        the zero drive of a layer without input edge or bias is one zero broadcast to
+        (batch, n_k), so that the first product of every step into that layer fills its
+        pre-activation with zeros instead of copying a stored zero tensor (the same bits).
         """
         if not prepared:
             x = self.prepare_input(x)
@@ -603,7 +606,7 @@ class CompiledNetwork(nn.Module):
             if name in self.biases:
                 acc = self.bias_of(name).expand(x.shape[0])
             else:
-                acc = x.new_zeros(x.shape[0], size)
+                acc = x.new_zeros(()).expand(x.shape[0], size)
             for block in self.input_blocks[k]:
                 acc = block.accumulate(acc, x, joined=Joined(x, None))
             drives.append(acc)
