@@ -1,4 +1,5 @@
-"""benchmarks/ab_interleaved.py: two copies of topo-ep in one process, steps alternated."""
+"""benchmarks/ab_interleaved.py (two copies of topo-ep in one process, steps alternated) and
+benchmarks/profile_ep.py (torch.profiler over training steps)."""
 
 from __future__ import annotations
 
@@ -39,3 +40,19 @@ def test_a_tree_against_itself_trains_the_same_bits(capsys):
     assert "quickstart ep, 1 thread(s), 2 pairs" in out
     assert sys.modules["topo_ep_base.bench"].__file__ != sys.modules["topo_ep.bench"].__file__
     assert sys.path == path_before
+
+
+def test_the_profile_lists_the_relaxation_products(capsys):
+    """benchmarks/profile_ep.py on the quick start: the table has the step's products."""
+    spec = importlib.util.spec_from_file_location(
+        "profile_ep", REPO / "benchmarks" / "profile_ep.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    code = module.main(
+        [str(REPO / "topologies" / "quickstart.yaml"), "--batches", "1", "--batch-size", "8"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "quickstart ep, 1 thread(s), batch 8, 1 batches profiled" in out
+    assert "aten::addmm" in out
