@@ -311,3 +311,26 @@ def test_states_count_as_bounded_only_when_every_layer_is_updated_by_a_bounded_a
     linear = compile_topology(spec, seed=0, dtype=torch.float64)
     assert not bounded_states(linear, linear.schedule("sweep"))
     assert state_criterion_for(linear, linear.schedule("sweep")) is state_criterion
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_the_contrast_test_after_the_first_step_reuses_the_change(bounded, monkeypatch):
+    """``old`` is s^0 itself (a check after the first nudged step): one set of differences
+    instead of two, and the same value as with a copy of s^0."""
+    free = [torch.tanh(s) for s in _states(torch.float64, 2.0, 0)]
+    new = [torch.tanh(s) for s in _states(torch.float64, 2.0, 1)]
+    criterion = contrast_criterion(free, bounded=bounded)
+    calls = []
+    original = torch._foreach_sub
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_sub", counted)
+    reused = criterion(new, list(free), 1e-3)
+    assert len(calls) == 1
+    computed = criterion(new, [s.clone() for s in free], 1e-3)
+    assert len(calls) == 3
+    assert _same_bits(reused, computed)
+    assert _same_bits(reused, _reference_contrast(new, free, free, 1e-3))

@@ -214,8 +214,10 @@ def contrast_criterion(free: Sequence[Tensor], bounded: bool = False) -> Criteri
     with r_b of :func:`state_change` (``bounded`` as there). Per layer it allocates two
     temporaries, the change s_t - s_{t-1} and the contrast s_t - s^0 (each set in one
     ``_foreach_sub``), and reduces them to per-example numbers; the per-layer ratios are
-    formed for all layers at once.
+    formed for all layers at once. When s_{t-1} is s^0 itself (the same tensors: a check after
+    the first step of the phase), the contrast is the change and is not computed again.
     """
+    starts = list(free)
     references = _rows(free)
     if not references or references[0].shape[0] == 0:
         return bounded_state_criterion if bounded else state_criterion
@@ -230,11 +232,15 @@ def contrast_criterion(free: Sequence[Tensor], bounded: bool = False) -> Criteri
     def criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
         if not len(new) == len(old) == len(references):
             raise ValueError(f"{len(new)} and {len(old)} layers against {len(references)}")
-        current = _rows(new)
-        changes = torch._foreach_sub(current, _rows(old))
-        contrasts = torch._foreach_sub(current, references)
+        current, previous = _rows(new), _rows(old)
+        changes = torch._foreach_sub(current, previous)
         change_norms = torch.stack([torch.linalg.vector_norm(c, dim=1) for c in changes])
-        contrast_norms = torch.stack([torch.linalg.vector_norm(c, dim=1) for c in contrasts])
+        if all(o is f for o, f in zip(old, starts, strict=True)):
+            # the first step from s^0 itself: the contrast s_t - s^0 is the change
+            contrast_norms = change_norms
+        else:
+            contrasts = torch._foreach_sub(current, references)
+            contrast_norms = torch.stack([torch.linalg.vector_norm(c, dim=1) for c in contrasts])
         layers = change_norms / torch.clamp(tolerance * contrast_norms, min=floors)
         change = _largest_change(changes)
         if not bounded:
