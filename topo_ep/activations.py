@@ -27,12 +27,26 @@ class Activation:
         rho'(h), used for Jacobians and tangent dynamics.
     potential
         G(s) with G'(s) = rho^{-1}(s), the single-unit term of the Hopfield energy.
+    in_place
+        s = rho(h) written into h and returned, the same bits as ``fn`` (the relaxation step
+        applies it to the pre-activation it has just created, which saves an allocation);
+        ``None``: ``fn``.
+    bound
+        sup_h |rho(h)| (also in floating point: tanh rounds to at most 1), ``None`` when rho is
+        unbounded. With states bounded by 1 the convergence test needs no |s| (its denominator
+        max(max_i |s_i|, 1) is 1; :func:`topo_ep.engine.state_change`).
     """
 
     name: str
     fn: Callable[[Tensor], Tensor]
     derivative: Callable[[Tensor], Tensor]
     potential: Callable[[Tensor], Tensor]
+    in_place: Callable[[Tensor], Tensor] | None = None
+    bound: float | None = None
+
+    def fn_(self, h: Tensor) -> Tensor:
+        """rho(h), in place in ``h`` where :attr:`in_place` exists (the caller owns ``h``)."""
+        return self.fn(h) if self.in_place is None else self.in_place(h)
 
 
 #: Below this |s| the tanh potential uses its small-argument form.
@@ -69,6 +83,10 @@ def _hard_sigmoid(h: Tensor) -> Tensor:
     return h.clamp(0.0, 1.0)
 
 
+def _hard_sigmoid_(h: Tensor) -> Tensor:
+    return h.clamp_(0.0, 1.0)
+
+
 def _hard_sigmoid_derivative(h: Tensor) -> Tensor:
     return ((h > 0) & (h < 1)).to(h.dtype)
 
@@ -94,12 +112,28 @@ def _identity(h: Tensor) -> Tensor:
 
 
 _ACTIVATIONS = {
-    "tanh": Activation("tanh", torch.tanh, _tanh_derivative, _tanh_potential),
-    "hard_sigmoid": Activation(
-        "hard_sigmoid", _hard_sigmoid, _hard_sigmoid_derivative, _hard_sigmoid_potential
+    "tanh": Activation(
+        "tanh", torch.tanh, _tanh_derivative, _tanh_potential, torch.tanh_, bound=1.0
     ),
-    "sigmoid": Activation("sigmoid", torch.sigmoid, _sigmoid_derivative, _sigmoid_potential),
-    "identity": Activation("identity", _identity, torch.ones_like, _hard_sigmoid_potential),
+    "hard_sigmoid": Activation(
+        "hard_sigmoid",
+        _hard_sigmoid,
+        _hard_sigmoid_derivative,
+        _hard_sigmoid_potential,
+        _hard_sigmoid_,
+        bound=1.0,
+    ),
+    "sigmoid": Activation(
+        "sigmoid",
+        torch.sigmoid,
+        _sigmoid_derivative,
+        _sigmoid_potential,
+        torch.sigmoid_,
+        bound=1.0,
+    ),
+    "identity": Activation(
+        "identity", _identity, torch.ones_like, _hard_sigmoid_potential, _identity
+    ),
 }
 
 

@@ -28,7 +28,16 @@ from torch import Tensor, nn
 
 from topo_ep.activations import Activation, get_activation
 from topo_ep.balance import Balance, analyse_balance, require_gain_factors
-from topo_ep.blocks import BLOCKS, READOUT, Block, BlockContext, BlockKind, Joined, ReadoutHead
+from topo_ep.blocks import (
+    BLOCKS,
+    READOUT,
+    Block,
+    BlockContext,
+    BlockKind,
+    Joined,
+    ReadoutHead,
+    in_place_accumulator,
+)
 from topo_ep.blocks.bias import LayerBias, bias_shape
 from topo_ep.errors import TopoEpError
 from topo_ep.gain_radius import (
@@ -584,7 +593,10 @@ class CompiledNetwork(nn.Module):
         """Per-layer constant drive: sum of g W x' over input edges plus the bias, (batch, n_k).
 
         ``x`` is a raw batch, prepared here (:meth:`prepare_input`), or the prepared batch
-        itself when ``prepared``.
+        itself when ``prepared``. A drive is read only: a bias is broadcast over the batch, and
+        the zero drive of a layer without input edge or bias is one zero broadcast to
+        (batch, n_k), so that the first product of every step into that layer fills its
+        pre-activation with zeros instead of copying a stored zero tensor (the same bits).
         """
         if not prepared:
             x = self.prepare_input(x)
@@ -594,7 +606,7 @@ class CompiledNetwork(nn.Module):
             if name in self.biases:
                 acc = self.bias_of(name).expand(x.shape[0])
             else:
-                acc = x.new_zeros(x.shape[0], size)
+                acc = x.new_zeros(()).expand(x.shape[0], size)
             for block in self.input_blocks[k]:
                 acc = block.accumulate(acc, x, joined=Joined(x, None))
             drives.append(acc)
@@ -609,12 +621,22 @@ class CompiledNetwork(nn.Module):
         blocks.Joined`). The blocks from the layers in ``zero``, whose states the caller
         knows to be exactly zero, are skipped (with finite weights, adding their exact zeros
         changes no bit).
+
+        The first block's ``accumulate`` creates h_k from the drive (one copy of it); the
+        next ones add into that tensor in place (``accumulate_``, :func:`~topo_ep.blocks.
+        in_place_accumulator`), the same bits as a chain of ``accumulate`` without a copy per
+        block. So the result is a new tensor, which the caller owns, unless no block was
+        applied: then it is ``drive`` itself.
         """
         acc = drive
         for source, block in self.incoming[k]:
             if source in zero:
                 continue
-            acc = block.accumulate(acc, state[source], joined=Joined(state[source], state[k]))
+            x = state[source]
+            if acc is drive:
+                acc = block.accumulate(acc, x, joined=Joined(x, state[k]))
+            else:
+                acc = in_place_accumulator(block)(acc, x, joined=Joined(x, state[k]))
         return acc
 
     def feedforward_preactivation(self, k: int, state: list[Tensor], drive: Tensor) -> Tensor:

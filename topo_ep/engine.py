@@ -103,41 +103,73 @@ def step(
 
     ``zero``: layers whose states are exactly zero at the start of the step (the free phase's
     first step); their blocks are skipped until their group is updated, which saves the
-    products with zero and changes no bit. Returns a new list; the input list is not modified.
+    products with zero and changes no bit. Returns a new list; neither the input list nor its
+    tensors are modified.
+
+    A pre-activation that :meth:`~topo_ep.compiler.CompiledNetwork.preactivation` created
+    (it is not the drive itself) is turned into the state in place (:meth:`~topo_ep.
+    activations.Activation.fn_`), the same bits without one allocation per layer.
     """
     new = list(state)
-    still_zero = set(zero)
+    still_zero = set(zero) if zero else zero
+    activations = net.activations
     for group in schedule:
-        extra = state_drive(new) if state_drive is not None else {}
+        extra = state_drive(new) if state_drive is not None else None
         pre = []
         for k in group:
-            drive = drives[k] + extra[k] if k in extra else drives[k]
-            pre.append(net.preactivation(k, new, drive, still_zero))
-        for k, h in zip(group, pre, strict=True):
-            new[k] = net.activations[k].fn(h)
-        still_zero.difference_update(group)
+            drive = drives[k] if extra is None or k not in extra else drives[k] + extra[k]
+            pre.append((k, drives[k], net.preactivation(k, new, drive, still_zero)))
+        for k, given, h in pre:
+            new[k] = activations[k].fn(h) if h is given else activations[k].fn_(h)
+        if still_zero:
+            still_zero.difference_update(group)
     return new
 
 
+def _rows(layers: Sequence[Tensor]) -> list[Tensor]:
+    """Each layer as (batch, units): a view (``flatten(1)``) for a layer with a shape."""
+    return [layer if layer.dim() == 2 else layer.flatten(1) for layer in layers]
+
+
 def _largest_magnitude(layer: Tensor) -> Tensor:
-    """max_i |s_{b,i}| per example, shape (batch,), without allocating |s|."""
-    flat = layer.flatten(1)
-    return torch.maximum(flat.amax(dim=1), flat.amin(dim=1).neg())
+    """max_i |s_{b,i}| per example of a (batch, units) layer, shape (batch,), without
+    allocating |s| (two vectorised reductions; ``vector_norm`` with ``ord=inf`` is a scalar
+    loop on the CPU, several times slower)."""
+    return torch.maximum(layer.amax(dim=1), layer.amin(dim=1).neg())
 
 
-def state_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> Tensor:
+def _over_layers(per_layer: list[Tensor]) -> Tensor:
+    """The maximum over the layers of per-example values, shape (batch,)."""
+    return per_layer[0] if len(per_layer) == 1 else torch.stack(per_layer).amax(dim=0)
+
+
+def _largest_change(changes: list[Tensor]) -> Tensor:
+    """max_i |d_{b,i}| per example over all layers of the differences ``changes``: two
+    read-only reductions per layer (:func:`_largest_magnitude`), no |d| written."""
+    return _over_layers([_largest_magnitude(change) for change in changes])
+
+
+def state_change(new: Sequence[Tensor], old: Sequence[Tensor], bounded: bool = False) -> Tensor:
     """Per-example change of the last step, shape (batch,):
 
         r_b = max_i |s_t - s_{t-1}|_{b,i} / max(max_i |s_t|_{b,i}, 1).
 
     The max-norm bounds every unit's change, whatever the layer sizes (an RMS over all units
     would dilute a small layer that is still moving); the denominator makes it absolute for
-    states in [-1, 1] and relative for larger ones. One temporary per layer (the difference).
+    states in [-1, 1] and relative for larger ones. ``bounded``: the caller knows every
+    |s_t| <= 1 (:func:`bounded_states`), so the denominator is 1 and |s_t| is not read; the
+    value is the same. One temporary per layer (the differences of all layers in one
+    ``_foreach_sub``); each max is exact, so the value does not depend on how the reductions
+    are grouped.
     """
-    pairs = zip(new, old, strict=True)
-    change = torch.stack([(a - b).flatten(1).abs_().amax(dim=1) for a, b in pairs])
-    size = torch.stack([_largest_magnitude(a) for a in new])
-    return change.amax(dim=0) / size.amax(dim=0).clamp(min=1.0)
+    if len(new) != len(old):
+        raise ValueError(f"{len(new)} layers against {len(old)}")
+    current = _rows(new)
+    change = _largest_change(torch._foreach_sub(current, _rows(old)))
+    if bounded:
+        return change
+    size = _over_layers([_largest_magnitude(layer) for layer in current])
+    return change / size.clamp(min=1.0)
 
 
 def state_criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
@@ -145,7 +177,30 @@ def state_criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> T
     return state_change(new, old).amax() / tolerance
 
 
-def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
+def bounded_state_criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
+    """:func:`state_criterion` of states known to lie in [-1, 1] (:func:`bounded_states`): the
+    same value, without reading |s_t|."""
+    return state_change(new, old, bounded=True).amax() / tolerance
+
+
+def bounded_states(net: CompiledNetwork, groups: Schedule) -> bool:
+    """Whether every state after a step of ``groups`` lies in [-1, 1]: the step updates every
+    layer and every activation is bounded by 1 (:attr:`~topo_ep.activations.Activation.
+    bound`), so the criteria may skip the denominator max(max_i |s_i|, 1) = 1."""
+    updated = {k for group in groups for k in group}
+    return len(updated) == len(net.activations) and all(
+        activation.bound is not None and activation.bound <= 1.0 for activation in net.activations
+    )
+
+
+def state_criterion_for(net: CompiledNetwork, groups: Schedule) -> Criterion:
+    """The free phase's criterion for a relaxation of ``net`` under ``groups``:
+    :func:`bounded_state_criterion` where :func:`bounded_states`, else
+    :func:`state_criterion` (the same values)."""
+    return bounded_state_criterion if bounded_states(net, groups) else state_criterion
+
+
+def contrast_criterion(free: Sequence[Tensor], bounded: bool = False) -> Criterion:
     """The nudged phase's criterion: the state test and, per layer k, the contrast test
 
         ||c_t - c_{t-1}||_{b,k} <= max(tol ||c_t||_{b,k}, 16 eps sqrt(n_k)),   c = s - s^0,
@@ -156,30 +211,43 @@ def contrast_criterion(free: Sequence[Tensor]) -> Criterion:
 
         max_b max( r_b / tol, max_k ||Delta c||_{b,k} / max(tol ||c||_{b,k}, 16 eps sqrt(n_k)) )
 
-    with r_b of :func:`state_change`. Per layer it allocates one temporary, reused for the
-    change and the contrast, and reduces it to per-example numbers.
+    with r_b of :func:`state_change` (``bounded`` as there). Per layer it allocates two
+    temporaries, the change s_t - s_{t-1} and the contrast s_t - s^0 (each set in one
+    ``_foreach_sub``), and reduces them to per-example numbers; the per-layer ratios are
+    formed for all layers at once. When s_{t-1} is s^0 itself (the same tensors: a check after
+    the first step of the phase), the contrast is the change and is not computed again.
     """
-    references = [layer.flatten(1) for layer in free]
+    starts = list(free)
+    references = _rows(free)
     if not references or references[0].shape[0] == 0:
-        return state_criterion
-    eps = torch.finfo(references[0].dtype).eps
-    floors = [16.0 * eps * math.sqrt(ref.shape[1]) for ref in references]
+        return bounded_state_criterion if bounded else state_criterion
+    reference = references[0]
+    eps = torch.finfo(reference.dtype).eps
+    floors = torch.tensor(
+        [[16.0 * eps * math.sqrt(ref.shape[1])] for ref in references],
+        dtype=reference.dtype,
+        device=reference.device,
+    )
 
     def criterion(new: list[Tensor], old: list[Tensor], tolerance: float) -> Tensor:
-        layers, changes, sizes = [], [], []
-        for current, previous, reference, floor in zip(new, old, references, floors, strict=True):
-            current, previous = current.flatten(1), previous.flatten(1)
-            work = current - previous
-            change_norm = torch.linalg.vector_norm(work, dim=1)
-            changes.append(work.abs_().amax(dim=1))
-            torch.sub(current, reference, out=work)
-            contrast_norm = torch.linalg.vector_norm(work, dim=1)
-            layers.append(change_norm / torch.clamp(tolerance * contrast_norm, min=floor))
-            sizes.append(_largest_magnitude(current))
-        change = torch.stack(changes).amax(dim=0)
-        size = torch.stack(sizes).amax(dim=0).clamp(min=1.0)
-        states = (change / size).amax() / tolerance
-        return torch.maximum(torch.stack(layers).amax(), states)
+        if not len(new) == len(old) == len(references):
+            raise ValueError(f"{len(new)} and {len(old)} layers against {len(references)}")
+        current, previous = _rows(new), _rows(old)
+        changes = torch._foreach_sub(current, previous)
+        change_norms = torch.stack([torch.linalg.vector_norm(c, dim=1) for c in changes])
+        if all(o is f for o, f in zip(old, starts, strict=True)):
+            # the first step from s^0 itself: the contrast s_t - s^0 is the change
+            contrast_norms = change_norms
+        else:
+            contrasts = torch._foreach_sub(current, references)
+            contrast_norms = torch.stack([torch.linalg.vector_norm(c, dim=1) for c in contrasts])
+        layers = change_norms / torch.clamp(tolerance * contrast_norms, min=floors)
+        change = _largest_change(changes)
+        if not bounded:
+            size = _over_layers([_largest_magnitude(layer) for layer in current])
+            change = change / size.clamp(min=1.0)
+        states = change.amax() / tolerance
+        return torch.maximum(layers.amax(), states)
 
     return criterion
 
@@ -325,7 +393,7 @@ def relax(
     state_drive: StateDrive | None = None,
     observe: Observer | None = None,
     *,
-    criterion: Criterion = state_criterion,
+    criterion: Criterion | None = None,
     agree: Agree | None = None,
     zero_start: bool = False,
     chunk_source: ChunkSource | None = None,
@@ -336,7 +404,8 @@ def relax(
     products with layers not yet updated (:func:`step`; the states are the same bits).
 
     :func:`solve` over :func:`step`: s_{t+1} = step(s_t), stopping on ``criterion``
-    (default :func:`state_criterion`; the nudged phase passes :func:`contrast_criterion`),
+    (``None``: :func:`state_criterion_for` the network and schedule; the nudged phase passes
+    :func:`contrast_criterion`),
     each decision through ``agree``. ``chunk_source`` (:data:`ChunkSource`) may run the steps
     between checks another way (a CUDA graph, a compiled chunk; :mod:`topo_ep.chunks`); a
     phase with an observer or a ``state_drive`` runs eagerly all the same, since those are
@@ -346,6 +415,8 @@ def relax(
     :func:`solve` (the analyses record trajectories so).
     """
     groups = net.schedule(schedule) if isinstance(schedule, str) else schedule
+    if criterion is None:
+        criterion = state_criterion_for(net, groups)
     first = range(len(state)) if zero_start else ()
     steps_taken = 0
 

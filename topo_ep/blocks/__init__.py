@@ -11,7 +11,15 @@ Importing this package registers the shipped kinds: ``dense`` (:mod:`topo_ep.blo
 (:mod:`topo_ep.blocks.pooled`).
 """
 
-from topo_ep.blocks.base import BLOCKS, Block, BlockContext, BlockKind, Joined, build_block
+from topo_ep.blocks.base import (
+    BLOCKS,
+    Block,
+    BlockContext,
+    BlockKind,
+    Joined,
+    build_block,
+    in_place_accumulator,
+)
 from topo_ep.blocks.dense import DenseBlock, TransposeBlock
 from topo_ep.blocks.readout import READOUT, ReadoutHead
 from topo_ep.blocks.sparse import SparseBlock, SparseTransposeBlock
@@ -38,5 +46,6 @@ __all__ = [
     "SparseBlock",
     "SparseTransposeBlock",
     "TransposeBlock",
+    "in_place_accumulator",
     "build_block",
 ]

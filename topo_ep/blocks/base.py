@@ -10,6 +10,7 @@ learners only call the protocol below, so a new kind touches none of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
@@ -45,6 +46,11 @@ class Block(Protocol):
     - ``accumulate(acc, x, scale=1.0, joined=None)`` returns ``acc + scale * g * A x``, fused
       where the storage allows (one ``addmm`` for a dense block). With ``scale == 1`` the
       factor must be exactly ``g``.
+    - optional: ``accumulate_(acc, x, scale=1.0, joined=None)`` adds ``scale * g * A x`` into
+      ``acc`` in place and returns it, with the same bits as ``accumulate``; the caller owns
+      ``acc`` (a pre-activation that an earlier ``accumulate`` created). The engine sums a
+      layer's blocks so, which saves one copy of the pre-activation per block after the first
+      (:func:`in_place_accumulator`); a kind without it is called through ``accumulate``.
     - ``apply(x, joined=None)`` returns ``g * A x``.
     - ``adjoint(y, joined=None)`` returns ``g * A^T y``, (batch, n_source).
     - ``dense()`` returns ``g * A`` as a (n_target, n_source) matrix, for analysis only.
@@ -53,7 +59,8 @@ class Block(Protocol):
       parameter theta, without the gain, shaped like :attr:`parameter`. For a dense W it is
       ``post^T pre`` (n_target, n_source); for a sparse block the same at the mask, as the
       stored values; for a convolution the kernel gradient. The ``paper`` rule calls it once
-      with the contrast as ``post``; the ``contrast`` rule twice and subtracts.
+      with the contrast as ``post``; the ``contrast`` rule twice and subtracts. It returns a
+      new tensor, which the caller owns (the learner scales it in place).
 
     A block that owns storage (the kind's class, :class:`BlockKind`) also offers
     ``transpose(source, target, gain)``: the tied feedback block ``gain * A^T`` from its
@@ -120,6 +127,18 @@ class Block(Protocol):
     def outer(self, post: Tensor, pre: Tensor, joined: Joined | None = None) -> Tensor: ...
 
     def summary(self) -> dict[str, Any]: ...
+
+
+#: ``accumulate_`` of :class:`Block`: (acc, x, scale, joined) -> acc + scale * g * A x, which
+#: may write into acc (owned by the caller).
+Accumulator = Callable[..., Tensor]
+
+
+def in_place_accumulator(block: Block) -> Accumulator:
+    """The block's ``accumulate_`` (in place into an accumulator the caller owns), or its
+    ``accumulate`` for a kind without one; either returns acc + scale * g * A x."""
+    method = getattr(block, "accumulate_", None)
+    return method if method is not None else block.accumulate
 
 
 def register_tensor(module: nn.Module, name: str, value: Tensor, learned: bool) -> None:

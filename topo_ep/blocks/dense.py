@@ -81,6 +81,13 @@ class DenseBlock(nn.Module):
         """acc + scale * g * x @ W^T, one fused GEMM."""
         return torch.addmm(acc, x, self.weight.t(), alpha=self.gain * scale)
 
+    def accumulate_(
+        self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
+    ) -> Tensor:
+        """acc += scale * g * x @ W^T in place (the same GEMM as :meth:`accumulate`, without
+        copying acc first); returns acc."""
+        return acc.addmm_(x, self.weight.t(), alpha=self.gain * scale)
+
     def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor:
         """g * x @ W^T."""
         out = x @ self.weight.t()
@@ -134,6 +141,12 @@ class TransposeBlock(TiedTranspose):
     ) -> Tensor:
         """acc + scale * g * x @ W_AB, one fused GEMM."""
         return torch.addmm(acc, x, self.partner.weight, alpha=self.gain * scale)
+
+    def accumulate_(
+        self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
+    ) -> Tensor:
+        """acc += scale * g * x @ W_AB in place (the GEMM of :meth:`accumulate`); returns acc."""
+        return acc.addmm_(x, self.partner.weight, alpha=self.gain * scale)
 
     def apply(self, x: Tensor, joined: Joined | None = None) -> Tensor:
         out = x @ self.partner.weight

@@ -54,10 +54,10 @@ from topo_ep.engine import (
     ChunkSource,
     PhaseStats,
     StateDrive,
+    bounded_states,
     contrast_criterion,
     free_phase,
     relax,
-    state_criterion,
 )
 from topo_ep.learn.base import BatchResult, Gradients, cross_entropy_and_correct, write_gradients
 from topo_ep.learn.registry import METHODS
@@ -205,16 +205,19 @@ class EquilibriumPropagation:
                 error = target - net.readout(state)
                 return {top: nudge * head.feedback_of(error, Joined(None, state[top]))}
 
+        groups = net.schedule(self.nudged_schedule or self.schedule)
         return relax(
             net,
             free,
             nudged_drives,
-            self.nudged_schedule or self.schedule,
+            groups,
             self.nudged_steps,
             tolerance,
             self.check_every,
             state_drive,
-            criterion=contrast_criterion(free) if tolerance > 0 else state_criterion,
+            criterion=(
+                contrast_criterion(free, bounded_states(net, groups)) if tolerance > 0 else None
+            ),
             agree=self.agree,
             chunk_source=self.chunks,
         )
@@ -261,6 +264,13 @@ class EquilibriumPropagation:
         free = phases.free
         layout = net.layout
         out: Gradients = {}
+        contrasts: dict[int, Tensor] = {}  # a - b of a layer, shared by its edges and bias
+
+        def contrast(k: int) -> Tensor:
+            if k not in contrasts:
+                contrasts[k] = plus[k] - minus[k]
+            return contrasts[k]
+
         with torch.no_grad():
             for binding in net.learned_bindings():
                 edge = binding.edge
@@ -273,21 +283,17 @@ class EquilibriumPropagation:
                     src = layout.index(edge.source)
                     pre_plus, pre_minus, pre_free = plus[src], minus[src], free[src]
                 if self.rule == "paper":
-                    delta = block.outer(
-                        plus[dst] - minus[dst], pre_free, Joined(pre_free, free[dst])
-                    )
+                    delta = block.outer(contrast(dst), pre_free, Joined(pre_free, free[dst]))
                 else:
                     delta = block.outer(plus[dst], pre_plus, Joined(pre_plus, plus[dst]))
-                    delta = delta - block.outer(
-                        minus[dst], pre_minus, Joined(pre_minus, minus[dst])
-                    )
+                    delta.sub_(block.outer(minus[dst], pre_minus, Joined(pre_minus, minus[dst])))
                 if factors is not None:
                     scale /= factors[edge.target]
-                out[ParamKey.edge(edge)] = delta * scale
+                out[ParamKey.edge(edge)] = _scaled(delta, scale)
             for name in net.biases:
                 k = layout.index(name)
                 scale = factor if factors is None else factor / factors[name]
-                out[ParamKey.bias(name)] = net.bias_of(name).outer(plus[k] - minus[k]) * scale
+                out[ParamKey.bias(name)] = _scaled(net.bias_of(name).outer(contrast(k)), scale)
         return out
 
     def estimate(
@@ -299,7 +305,8 @@ class EquilibriumPropagation:
         phases = self.phases(net, x, y, start)
         batch = x.shape[0]
         scale = -1.0 / (self.nudge * batch)
-        grads = {key: delta * scale for key, delta in self.updates(net, phases).items()}
+        # the updates are this call's own tensors: scaled in place, the bits of delta * scale
+        grads = {key: delta.mul_(scale) for key, delta in self.updates(net, phases).items()}
         with torch.no_grad():
             probabilities = torch.softmax(phases.logits, dim=-1)
             target = torch.nn.functional.one_hot(y, net.spec.readout.size).to(probabilities.dtype)
@@ -337,3 +344,9 @@ class EquilibriumPropagation:
         with torch.no_grad():
             free, _ = self.free_phase(net, x)
             return net.readout_logits(free[net.top])
+
+
+def _scaled(delta: Tensor, scale: float) -> Tensor:
+    """delta * scale in place (``delta`` is a new tensor from ``outer``; see
+    :class:`~topo_ep.blocks.base.Block`), skipped at scale 1, which changes no bit."""
+    return delta if scale == 1.0 else delta.mul_(scale)
