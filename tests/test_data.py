@@ -23,6 +23,7 @@ from topo_ep.data import (
     load_dataset,
     read_idx_images,
     read_idx_labels,
+    val_fraction_for,
 )
 from topo_ep.errors import DataError, TopologyError
 
@@ -163,6 +164,19 @@ def test_digits_val_fraction(digits: Dataset) -> None:
     assert torch.equal(wider.test.x, digits.test.x)
 
 
+def test_no_validation_trains_on_the_whole_training_part(digits: Dataset) -> None:
+    whole = load_dataset("digits", val_fraction=val_fraction_for("none"))
+    assert (len(whole.train), len(whole.val), len(whole.test)) == (1437, 0, 360)
+    assert whole.val.x.shape == (0, 64)
+    assert torch.equal(whole.test.x, digits.test.x)
+    rows = {row.tobytes() for row in whole.train.x.numpy()}
+    for part in (digits.train, digits.val):  # the holdout's train and val, both trained on now
+        assert all(row.tobytes() in rows for row in part.x.numpy())
+    assert val_fraction_for("holdout") is None
+    with pytest.raises(DataError, match="holdout, none"):
+        val_fraction_for("test")
+
+
 def test_limit_caps_training_only(digits: Dataset) -> None:
     small = load_dataset("digits", limit=100, seed=1)
     again = load_dataset("digits", limit=100, seed=1)
@@ -184,7 +198,7 @@ def test_unknown_dataset_names_the_allowed_ones() -> None:
         assert name in str(info.value)
 
 
-@pytest.mark.parametrize("kwargs", [{"val_fraction": 0.0}, {"val_fraction": 1.0}, {"limit": 0}])
+@pytest.mark.parametrize("kwargs", [{"val_fraction": -0.1}, {"val_fraction": 1.0}, {"limit": 0}])
 def test_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(DataError):
         load_dataset("digits", **kwargs)
@@ -244,6 +258,13 @@ def test_idx_gz_in_data_dir(tmp_path: Path) -> None:
     val_counts = np.bincount(dataset.val.y.numpy(), minlength=10)
     assert set(val_counts.tolist()) <= {1, 2}  # stratified: 1.5 per class
     assert str(tmp_path) in dataset.description
+
+
+def test_idx_without_validation_keeps_every_training_image(tmp_path: Path) -> None:
+    arrays = _write_idx_set(tmp_path, gz=True)
+    dataset = load_dataset("mnist", data_dir=tmp_path, val_fraction=0.0)
+    _check_synthetic(dataset, arrays, n_val=0)
+    assert "val 0" in dataset.description
 
 
 def test_idx_raw_in_torchvision_layout(tmp_path: Path) -> None:

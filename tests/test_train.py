@@ -365,3 +365,28 @@ def test_check_gradients_of_a_trained_checkpoint_on_its_dataset(runs, topology, 
     row = [line for line in out.splitlines() if line.startswith("input->h1")]
     fresh_row = [line for line in fresh.splitlines() if line.startswith("input->h1")]
     assert row and fresh_row and row != fresh_row
+
+
+def test_validation_none_trains_on_the_holdout_and_keeps_the_protocol(topology, tmp_path, capsys):
+    """``--validation none``: the validation images join the training split (no val accuracy),
+    the protocol is stored, a resume under the other protocol is refused, and ``evaluate``
+    rebuilds the same splits."""
+    path, _ = topology
+    run = tmp_path / "run"
+    code = main(["train", str(path), "--quiet", "--out", str(run), "--epochs", "1",
+                 "--method", "bp", "--validation", "none"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    whole, holdout = load_dataset("digits", val_fraction=0.0), load_dataset("digits")
+    assert f"({len(whole.train)} train / 0 val / " in out
+    assert len(whole.train) == len(holdout.train) + len(holdout.val)
+    assert "no validation split to pick an epoch on" in out
+    (row,) = _metrics(run)
+    assert row["val_acc"] is None and row["test_acc"] is not None
+    assert load_checkpoint(run)["settings"]["validation"] == "none"
+    code = main(["train", str(path), "--quiet", "--out", str(run), "--epochs", "2",
+                 "--method", "bp", "--resume"])  # fmt: skip
+    assert code == 2
+    assert "--validation: 'none' in the checkpoint, 'holdout' now" in capsys.readouterr().err
+    report = evaluate_checkpoint(run, device="cpu")
+    assert report.val_acc is None and report.test_acc == pytest.approx(row["test_acc"])

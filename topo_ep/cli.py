@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from topo_ep.errors import RunFailedError, TopoEpError
 from topo_ep.interrupts import exit_code, sigterm_raises
 from topo_ep.registry import Registry
+from topo_ep.spec import VALIDATION_MODES
 
 if TYPE_CHECKING:
     from topo_ep.distributed import DataParallel
@@ -234,7 +235,7 @@ def _train_locked(
 ) -> int:
     """The training of ``_cmd_train`` once the run directory is locked and checked (by this
     process, or by rank 0 of a data-parallel run: ``lock`` is ``None`` on the other ranks)."""
-    from topo_ep.data import check_compatible, load_dataset
+    from topo_ep.data import check_compatible, load_dataset, val_fraction_for
     from topo_ep.distributed import resume_on_every_rank
     from topo_ep.train import RunSettings, Trainer, summary_line
 
@@ -252,8 +253,15 @@ def _train_locked(
         dataset=_dataset_name(args, spec),
         data_dir=args.data_dir,
         limit=args.limit,
+        validation=args.validation,
     )
-    dataset = load_dataset(settings.dataset, args.data_dir, seed=args.seed, limit=args.limit)
+    dataset = load_dataset(
+        settings.dataset,
+        args.data_dir,
+        val_fraction=val_fraction_for(args.validation),
+        seed=args.seed,
+        limit=args.limit,
+    )
     check_compatible(dataset, spec.input.size, spec.readout.size, args.file)
     trainer = Trainer(
         spec,
@@ -551,6 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--limit", type=_positive_int, default=None, help="use at most N training examples"
+    )
+    p.add_argument(
+        "--validation",
+        choices=VALIDATION_MODES,
+        default="holdout",
+        help="holdout (default): keep the dataset's validation split out of training (MNIST: "
+        "5000 images); none: train on the whole training set, as papers that report the test "
+        "accuracy do (no validation accuracy then)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(

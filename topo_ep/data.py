@@ -32,6 +32,11 @@ validation and test numbers of different runs are comparable.
     validation examples (``random_state=0``; or ``val_fraction``), the test split is
     ``test_batch.bin``: **train 45000, val 5000, test 10000**.
 
+``val_fraction=0`` carves no validation split: the training split is the whole training part (for
+MNIST: **train 60000, val 0, test 10000**), the protocol of papers that train on every training
+image and report the test accuracy (the command line's ``--validation none``). Nothing can then be
+chosen on validation: a setting picked on the test split is picked on the numbers reported.
+
 Within the train and validation splits the examples keep their order in the source;
 :func:`iterate_batches` shuffles. ``limit`` keeps a random subset of at most ``limit`` training
 examples, drawn with ``seed`` after the validation split has been carved out (validation and test
@@ -61,7 +66,7 @@ from sklearn.model_selection import train_test_split
 
 from topo_ep.cifar import TEST_FILE, TRAIN_FILES, find_cifar10_files, read_cifar10_batch
 from topo_ep.errors import DataError, Location, TopologyError
-from topo_ep.spec import DATASETS
+from topo_ep.spec import DATASETS, VALIDATION_MODES
 
 #: Names accepted by :func:`load_dataset`.
 
@@ -188,8 +193,9 @@ def load_dataset(
         are searched; default :func:`default_data_dir`. Ignored for ``digits``.
     val_fraction
         Fraction of the training part carved out (stratified) as the validation split, in
-        (0, 1). ``None`` takes the dataset's default: 10 % for ``digits``, exactly
-        :data:`IDX_VAL_SIZE` examples for the IDX datasets and ``cifar10``.
+        [0, 1); 0 carves none (an empty validation split). ``None`` takes the dataset's
+        default: 10 % for ``digits``, exactly :data:`IDX_VAL_SIZE` examples for the IDX
+        datasets and ``cifar10``.
     seed
         Selects the subset kept by ``limit``; the splits themselves never depend on it.
     limit
@@ -212,8 +218,8 @@ def load_dataset(
     if val_fraction is not None:
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)):
             raise DataError(f"val_fraction must be a number, got {val_fraction!r}")
-        if not 0.0 < val_fraction < 1.0:
-            raise DataError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise DataError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a positive integer or None, got {limit!r}")
     if name == "digits":
@@ -383,7 +389,10 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, image_file: Path, label_
 def _stratified_carve(
     indices: np.ndarray, labels: np.ndarray, size: float | int, what: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split ``indices`` into (kept, carved), stratified on ``labels[indices]``, both sorted."""
+    """Split ``indices`` into (kept, carved), stratified on ``labels[indices]``, both sorted;
+    a ``size`` of 0 carves nothing."""
+    if size == 0:
+        return np.sort(indices), indices[:0]
     try:
         kept, carved = train_test_split(
             indices,
@@ -394,6 +403,17 @@ def _stratified_carve(
     except ValueError as exc:
         raise DataError(f"cannot make the {what} split of {len(indices)} examples: {exc}") from exc
     return np.sort(kept), np.sort(carved)
+
+
+def val_fraction_for(validation: str) -> float | None:
+    """The ``val_fraction`` of :func:`load_dataset` for a protocol of :data:`VALIDATION_MODES`:
+    ``None`` (the dataset's default holdout) for ``holdout``, 0 for ``none``."""
+    if validation not in VALIDATION_MODES:
+        raise DataError(
+            f"unknown validation protocol {validation!r}; expected one of "
+            f"{', '.join(VALIDATION_MODES)}"
+        )
+    return None if validation == "holdout" else 0.0
 
 
 def _apply_limit(indices: np.ndarray, limit: int | None, seed: int) -> np.ndarray:

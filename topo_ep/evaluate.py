@@ -14,7 +14,7 @@ import torch
 
 from topo_ep.checkpoint import check_finite, checkpoint_file, load_checkpoint
 from topo_ep.compiler import compile_topology
-from topo_ep.data import check_compatible, load_dataset
+from topo_ep.data import check_compatible, load_dataset, val_fraction_for
 from topo_ep.errors import CheckpointError
 from topo_ep.learn import make_method
 from topo_ep.registry import UnknownNameError
@@ -81,7 +81,14 @@ def evaluate_checkpoint(
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: weights do not fit the stored topology ({first})") from None
-    data = load_dataset(dataset_name, data_dir or settings.get("data_dir"))
+    # the splits it was trained with: no validation split after --validation none
+    trained_on = dataset_name == settings.get("dataset", "digits")
+    validation = settings.get("validation", "holdout") if trained_on else "holdout"
+    data = load_dataset(
+        dataset_name,
+        data_dir or settings.get("data_dir"),
+        val_fraction=val_fraction_for(validation),
+    )
     check_compatible(data, spec.input.size, spec.readout.size, None)
     data = dataset_on(data, target)
     try:

@@ -25,6 +25,10 @@ OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 #: Datasets the loaders know (:func:`topo_ep.data.load_dataset`).
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+#: The validation protocols of ``topo-ep train --validation``: ``holdout`` carves the dataset's
+#: validation split out of its training part, ``none`` trains on all of it
+#: (:func:`topo_ep.data.val_fraction_for`).
+VALIDATION_MODES = ("holdout", "none")
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,7 @@ SETTING_OPTIONS = {
     "dataset": "--dataset",
     "data_dir": "--data-dir",
     "limit": "--limit",
+    "validation": "--validation",
 }
 
 
@@ -90,6 +91,9 @@ class RunSettings:
     dataset: str = "digits"
     data_dir: str | None = None
     limit: int | None = None
+    #: ``holdout`` (a validation split carved out of the training part) or ``none`` (train on
+    #: all of it; :data:`topo_ep.data.VALIDATION_MODES`).
+    validation: str = "holdout"
     eval_batch_size: int = 2000
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -677,12 +681,16 @@ def summary_line(spec: TopologySpec, settings: RunSettings, metrics: list[dict[s
     if not metrics:
         return f"{spec.name}: no epochs run"
     last = metrics[-1]
-    best = max(metrics, key=lambda m: -1.0 if m["val_acc"] is None else m["val_acc"])
     total = sum(m["seconds"] for m in metrics)
-    return (
+    head = (
         f"done: {spec.name} [{settings.method}] on {settings.dataset}, {last['epoch']} epochs, "
         f"final test acc {format_accuracy(last['test_acc'])} "
         f"(val {format_accuracy(last['val_acc'])}), "
-        f"test acc at best val epoch {best['epoch']}: {format_accuracy(best['test_acc'])}, "
+    )
+    if all(m["val_acc"] is None for m in metrics):
+        return f"{head}no validation split to pick an epoch on, train time {total:.1f} s"
+    best = max(metrics, key=lambda m: -1.0 if m["val_acc"] is None else m["val_acc"])
+    return (
+        f"{head}test acc at best val epoch {best['epoch']}: {format_accuracy(best['test_acc'])}, "
         f"train time {total:.1f} s"
     )
