@@ -3,9 +3,10 @@
 Reads ``OUT/<net>/<method>_s<seed>/metrics.jsonl`` (and ``config.yaml`` for the device and the
 dtype) of every run there, finished or not, and writes ``OUT/report.md`` and
 ``OUT/summary.json``: per run the epochs done, the final-epoch test accuracy, the test accuracy
-at the best validation epoch, the best test accuracy of any epoch and the median seconds per
-training epoch; per net and method the means over seeds, with the paper's number (best of 50
-epochs, DESIGN.md section 1) and the issue-13 target (final epoch, mean of 2 seeds) beside them.
+at the best validation epoch (none for a run trained with ``--validation none``), the best test
+accuracy of any epoch and the median seconds per training epoch; per net and method the means
+over seeds, with the paper's number (best of 50 epochs, DESIGN.md section 1) and the issue-13
+target (final epoch, mean of 2 seeds) beside them.
 A mean of runs that are not finished is marked as such and never judged against a target.
 
 Example::
@@ -50,7 +51,7 @@ class Run:
     seed: int
     epochs: int
     final_test: float
-    test_at_best_val: float
+    test_at_best_val: float | None  # None: no validation split (``--validation none``)
     best_test: float
     seconds_per_epoch: float
     device: str
@@ -70,14 +71,15 @@ def read_run(net: str, folder: Path) -> Run | None:
     run = {}
     if config_path.is_file():
         run = yaml.safe_load(config_path.read_text(encoding="utf-8")).get("run", {})
-    best_val = max(lines, key=lambda m: m["val_acc"])
+    validated = [m for m in lines if m["val_acc"] is not None]
+    best_val = max(validated, key=lambda m: m["val_acc"]) if validated else None
     return Run(
         net=net,
         method=method,
         seed=int(seed),
         epochs=len(lines),
         final_test=100 * lines[-1]["test_acc"],
-        test_at_best_val=100 * best_val["test_acc"],
+        test_at_best_val=None if best_val is None else 100 * best_val["test_acc"],
         best_test=100 * max(m["test_acc"] for m in lines),
         seconds_per_epoch=statistics.median(m["seconds"] for m in lines),
         device=str(run.get("device", "?")),
@@ -113,7 +115,7 @@ def groups(runs: list[Run], epochs: int) -> list[dict]:
                 "epochs": [r.epochs for r in mine],
                 "mean_final_test": final,
                 "mean_best_test": statistics.mean(r.best_test for r in mine),
-                "mean_test_at_best_val": statistics.mean(r.test_at_best_val for r in mine),
+                "mean_test_at_best_val": _mean_or_none([r.test_at_best_val for r in mine]),
                 "seconds_per_epoch": statistics.median(r.seconds_per_epoch for r in mine),
                 "paper_best_of_epochs": PAPER.get(key),
                 "target_final": target,
@@ -121,6 +123,11 @@ def groups(runs: list[Run], epochs: int) -> list[dict]:
             }
         )
     return rows
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    """The mean, or None when any value is None (a run without a validation split)."""
+    return None if any(v is None for v in values) else statistics.mean(values)
 
 
 def _number(value: float | None) -> str:
@@ -170,8 +177,8 @@ def write_report(out: Path, epochs: int) -> str:
     for run in runs:
         lines.append(
             f"| {run.net} | {run.method} | {run.seed} | {run.epochs} | {run.final_test:.2f} | "
-            f"{run.best_test:.2f} | {run.test_at_best_val:.2f} | {run.seconds_per_epoch:.1f} | "
-            f"{run.device} | {run.dtype} |"
+            f"{run.best_test:.2f} | {_number(run.test_at_best_val)} | "
+            f"{run.seconds_per_epoch:.1f} | {run.device} | {run.dtype} |"
         )
     lines += [
         "",

@@ -15,12 +15,13 @@ sys.modules.setdefault("table2_report", table2_report)  # its dataclass looks it
 SPEC.loader.exec_module(table2_report)
 
 
-def _run(out: Path, net: str, name: str, test_accs: list[float]) -> None:
+def _run(out: Path, net: str, name: str, test_accs: list[float], validated: bool = True) -> None:
     folder = out / net / name
     folder.mkdir(parents=True)
+    val_accs = test_accs if validated else [None] * len(test_accs)
     lines = [
-        {"epoch": i + 1, "val_acc": acc, "test_acc": acc, "seconds": 2.0 + i}
-        for i, acc in enumerate(test_accs)
+        {"epoch": i + 1, "val_acc": val, "test_acc": acc, "seconds": 2.0 + i}
+        for i, (val, acc) in enumerate(zip(val_accs, test_accs, strict=True))
     ]
     (folder / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in lines) + "\n")
     (folder / "config.yaml").write_text("run:\n  device: cpu\n  dtype: float32\n")
@@ -45,3 +46,18 @@ def test_targets_are_judged_on_the_final_epoch_mean_of_finished_runs_only(tmp_pa
     assert res10["seconds_per_epoch"] == 3.0 and res10["paper_best_of_epochs"] == 97.49
     report = (tmp_path / "report.md").read_text()
     assert "| res_20x64 | ep | 0 | 99.00 (1/3 epochs) |" in report
+
+
+def test_runs_without_a_validation_split_have_no_test_at_best_val(tmp_path):
+    """A run of ``--validation none`` (val_acc null) is read; its test accuracy at the best
+    validation epoch, and any mean including it, is reported as '-'."""
+    _run(tmp_path, "res_10x64", "bp_s0", [0.95, 0.97], validated=False)
+    _run(tmp_path, "res_10x64", "bp_s1", [0.96, 0.98])
+    table2_report.write_report(tmp_path, epochs=2)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (group,) = summary["groups"]
+    assert group["mean_test_at_best_val"] is None and abs(group["mean_final_test"] - 97.5) < 1e-9
+    runs = {run["seed"]: run for run in summary["runs"]}
+    assert runs[0]["test_at_best_val"] is None and abs(runs[1]["test_at_best_val"] - 98) < 1e-9
+    report = (tmp_path / "report.md").read_text()
+    assert "| res_10x64 | bp | 0 | 2 | 97.00 | 97.00 | - | 2.5 |" in report
