@@ -150,6 +150,19 @@ def register_tensor(module: nn.Module, name: str, value: Tensor, learned: bool) 
         module.register_buffer(name, value)
 
 
+class OwningBlock(nn.Module):
+    """What every kind's owning block shares (see :class:`Block`): the layers it joins, its
+    gain and whether the optimizer updates its tensor. A kind subclasses it, registers its
+    tensor with :func:`register_tensor` and adds its own products."""
+
+    def __init__(self, source: str, target: str, gain: float, learned: bool) -> None:
+        super().__init__()
+        self.source = source
+        self.target = target
+        self.gain = float(gain)
+        self.learned = bool(learned)
+
+
 class TiedTranspose:
     """What every kind's tied feedback block ``g A^T`` shares (see :class:`Block`).
 

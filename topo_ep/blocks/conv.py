@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from topo_ep.block_schema import ConvGeometry
 from topo_ep.blocks.base import (
@@ -32,6 +32,7 @@ from topo_ep.blocks.base import (
     Block,
     BlockContext,
     Joined,
+    OwningBlock,
     TiedTranspose,
     register_tensor,
 )
@@ -57,7 +58,7 @@ def _memory_available() -> int | None:
 
 
 @BLOCKS.register("conv")
-class ConvBlock(nn.Module):
+class ConvBlock(OwningBlock):
     """``g conv_K(P x)`` from a ``[C_in, H, W]`` source to a ``[C_out, H_o, W_o]`` target.
 
     Parameters
@@ -86,12 +87,8 @@ class ConvBlock(nn.Module):
         geometry: ConvGeometry,
         learned: bool = True,
     ) -> None:
-        super().__init__()
-        self.source = source
-        self.target = target
-        self.gain = float(gain)
+        super().__init__(source, target, gain, learned)
         self.geometry = geometry
-        self.learned = bool(learned)
         register_tensor(self, "weight", kernel, learned)
         self.pooling = (
             Pooling(geometry.pool, geometry.pool_size, geometry.source, source)

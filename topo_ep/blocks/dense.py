@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from topo_ep.blocks.base import (
     BLOCKS,
     Block,
     BlockContext,
     Joined,
+    OwningBlock,
     TiedTranspose,
     register_tensor,
 )
@@ -23,7 +24,7 @@ from topo_ep.initial import glorot_uniform, tensor_generator
 
 
 @BLOCKS.register("dense")
-class DenseBlock(nn.Module):
+class DenseBlock(OwningBlock):
     """A dense block ``g W`` with W of shape (target size, source size).
 
     Parameters
@@ -43,11 +44,7 @@ class DenseBlock(nn.Module):
     def __init__(
         self, source: str, target: str, weight: Tensor, gain: float, learned: bool = True
     ) -> None:
-        super().__init__()
-        self.source = source
-        self.target = target
-        self.gain = float(gain)
-        self.learned = bool(learned)
+        super().__init__(source, target, gain, learned)
         register_tensor(self, "weight", weight, learned)
 
     @classmethod

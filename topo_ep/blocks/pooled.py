@@ -19,7 +19,7 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from topo_ep.block_schema import pooled_shape
 from topo_ep.blocks.base import (
@@ -27,6 +27,7 @@ from topo_ep.blocks.base import (
     Block,
     BlockContext,
     Joined,
+    OwningBlock,
     TiedTranspose,
     register_tensor,
 )
@@ -36,7 +37,7 @@ from topo_ep.initial import glorot_uniform, tensor_generator
 
 
 @BLOCKS.register("pooled")
-class PooledBlock(nn.Module):
+class PooledBlock(OwningBlock):
     """``g W P x`` from a ``[C, H, W]`` source.
 
     Parameters
@@ -64,12 +65,8 @@ class PooledBlock(nn.Module):
         pooling: Pooling,
         learned: bool = True,
     ) -> None:
-        super().__init__()
-        self.source = source
-        self.target = target
-        self.gain = float(gain)
+        super().__init__(source, target, gain, learned)
         self.pooling = pooling
-        self.learned = bool(learned)
         register_tensor(self, "weight", weight, learned)
         self.cols = math.prod(pooling.shape)
 

@@ -29,13 +29,14 @@ import warnings
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from topo_ep.blocks.base import (
     BLOCKS,
     Block,
     BlockContext,
     Joined,
+    OwningBlock,
     TiedTranspose,
     register_tensor,
 )
@@ -122,7 +123,7 @@ class _SparseAccumulate(torch.autograd.Function):
 
 
 @BLOCKS.register("sparse")
-class SparseBlock(nn.Module):
+class SparseBlock(OwningBlock):
     """A sparse block ``g A``, A (target size x source size) with a fixed mask.
 
     Parameters
@@ -170,12 +171,8 @@ class SparseBlock(nn.Module):
         backend: str = "auto",
         pattern: str = "",
     ) -> None:
-        super().__init__()
-        self.source = source
-        self.target = target
+        super().__init__(source, target, gain, learned)
         self.size = (int(size[0]), int(size[1]))
-        self.gain = float(gain)
-        self.learned = bool(learned)
         self.requested = backend
         self.pattern = pattern
         choose_plan(backend, 0.0, "cpu", warn=False)  # an unknown backend fails here
