@@ -1,46 +1,63 @@
 #!/bin/bash
-# Issue 12: a validation screen of topologies/conv_mnist.yaml's settings on a lent GPU, after the
-# shipped settings (gain 0.1, per-layer SGD rates 0.015 / 0.035 / 0.9, one-sided nudge) collapsed
-# to chance with EP on both seeds (epoch 2 and epoch 7; BP on the same settings was stable).
-# Every variant trains 10 epochs with EP on seeds 0 and 1, side by side on one CUDA device (one
-# process each); the rate variants also train with BP on seed 0. Choice rule, fixed before the
-# runs: the variant with the highest mean final-epoch VALIDATION accuracy over its two EP seeds;
-# the test split is only reported.
+# Issue 12: validation screens of topologies/conv_mnist.yaml's settings on a lent GPU. Every run
+# of a screen trains 10 epochs side by side with the others on one CUDA device (one process
+# each); the run folders come back packed in OUT/conv_mnist_screen.tar.gz (every 20 s and at the
+# end; ../lease.sh). Each VARIANT_METHOD_sSEED folder is an ordinary `topo-ep train` run whose
+# config.yaml holds its options, so `compare_methods.py --set ...` tabulates and resumes it.
 #
-#   bash analysis/reports/conv_mnist/screen_gpu.sh DATA_DIR OUT_DIR SECONDS_LEFT
+#   [SCREEN=collapse|next] bash analysis/reports/conv_mnist/screen_gpu.sh DATA OUT SECONDS_LEFT
+#   DEVICE=cpu EPOCHS=1 LIMIT=256 SCREEN=next bash ...screen_gpu.sh ...   # dry run
 #
-# The run folders come back packed in OUT/conv_mnist_screen.tar.gz (every 20 s and at the end);
-# each VARIANT_METHOD_sSEED folder is an ordinary `topo-ep train` run whose config.yaml holds its
-# --set options, so `compare_methods.py --set ...` tabulates and resumes it.
+# SCREEN=collapse (the default; run on an H200, README.md): after the one-sided nudge collapsed
+# to chance with EP on both seeds (epoch 2 and epoch 7; BP on the same settings was stable), five
+# variants with EP on seeds 0 and 1, the rate variants also with BP on seed 0. Choice rule, fixed
+# before the runs: the highest mean final-epoch VALIDATION accuracy over the two EP seeds; the
+# test split only reported. It chose the symmetric nudge, shipped since.
+#
+# SCREEN=next (prepared for the next lease): the shipped settings on two more seeds (2 and 3:
+# how far apart seeds land, against the check's 98.60 / 98.76 % on seeds 0 and 1); a cosine
+# learning-rate schedule over the 10 epochs on seeds 0 and 1 (chosen over the shipped constant
+# rates only by the rule above, against their validation 98.54 / 98.84 % of the collapse
+# screen); and the shipped settings trained on all 60 000 training images (`--validation none`,
+# the authors' protocol: their 98.94 / 98.95 % at epoch 10), EP seeds 0 and 1 and BP seed 0,
+# test only.
 set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=../lease.sh
+. "$HERE/../lease.sh"
 DATA=$1
-OUT=$2
-SECONDS_LEFT=$3
-DEVICE=${DEVICE:-cuda}
 EPOCHS=${EPOCHS:-10}
-PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+SCREEN=${SCREEN:-collapse}
+lease_begin "$2" "$3" conv_mnist_screen.log
 RUNS=$(mktemp -d "${TMPDIR:-/tmp}/conv_screen.XXXXXX")
-LOG="$OUT/conv_mnist_screen.log"
-DEADLINE=$(($(date +%s) + SECONDS_LEFT))
-LIMIT_ARGS=()
-[ -n "${LIMIT:-}" ] && LIMIT_ARGS=(--limit "$LIMIT")
 
 rates() {  # rates SCALE: every per-tensor rate of conv_mnist.yaml times SCALE, as --set options
     "$PY" -c "import sys; s = float(sys.argv[1]); print(' '.join(f'--set {k}={v * s:g}' for k, v in
         [('layers.h1.lr', 0.015), ('edges.0.lr', 0.015), ('layers.h2.lr', 0.035),
          ('edges.1.lr', 0.035), ('readout.lr', 0.9)]))" "$1"
 }
-declare -A VARIANT=(
-    [rates_half]="$(rates 0.5)"
-    [rates_quarter]="$(rates 0.25)"
-    [symmetric]="--set training.nudging=symmetric"
-    [symmetric_rates_half]="--set training.nudging=symmetric $(rates 0.5)"
-    [gain_0.01]="--set feedback_gain=0.01"
-)
-echo "start $(date -Is), device $DEVICE, $EPOCHS epochs, deadline in $SECONDS_LEFT s" >"$LOG"
+declare -A VARIANT=()
+case $SCREEN in
+    collapse)  # against the one-sided nudge that conv_mnist.yaml shipped then
+        one_sided="--set training.nudging=one-sided"
+        VARIANT=(
+            [rates_half]="$one_sided $(rates 0.5)"
+            [rates_quarter]="$one_sided $(rates 0.25)"
+            [symmetric]="--set training.nudging=symmetric"
+            [symmetric_rates_half]="--set training.nudging=symmetric $(rates 0.5)"
+            [gain_0.01]="$one_sided --set feedback_gain=0.01"
+        )
+        LAUNCHES="rates_half:ep:0 rates_half:ep:1 rates_quarter:ep:0 rates_quarter:ep:1
+            symmetric:ep:0 symmetric:ep:1 symmetric_rates_half:ep:0 symmetric_rates_half:ep:1
+            gain_0.01:ep:0 gain_0.01:ep:1 rates_half:bp:0 rates_quarter:bp:0" ;;
+    next)
+        VARIANT=([shipped]="" [cosine]="--set training.lr_schedule=cosine"
+            [all_60000]="--validation none")
+        LAUNCHES="shipped:ep:2 shipped:ep:3 cosine:ep:0 cosine:ep:1 all_60000:ep:0
+            all_60000:ep:1 all_60000:bp:0" ;;
+    *) echo "SCREEN=$SCREEN: expected collapse or next" >&2; exit 2 ;;
+esac
+echo "start $(date -Is), screen $SCREEN, device $DEVICE, $EPOCHS epochs, deadline in $3 s" >"$LOG"
 pids=()
 launch() {  # launch NAME METHOD SEED
     local name=$1 method=$2 seed=$3
@@ -52,31 +69,15 @@ launch() {  # launch NAME METHOD SEED
     pids+=($!)
     echo "$name $method $seed: ${VARIANT[$name]}" >>"$LOG"
 }
-for name in "${!VARIANT[@]}"; do
-    launch "$name" ep 0
-    launch "$name" ep 1
+for launched in $LAUNCHES; do  # NAME:METHOD:SEED
+    rest=${launched#*:}
+    launch "${launched%%:*}" "${rest%%:*}" "${rest##*:}"
 done
-launch rates_half bp 0
-launch rates_quarter bp 0
 
 pack() {
-    tar -czf "$OUT/conv_mnist_screen.tar.gz.part" -C "$RUNS" . &&
-        mv "$OUT/conv_mnist_screen.tar.gz.part" "$OUT/conv_mnist_screen.tar.gz"
+    lease_pack "$RUNS" "$OUT/conv_mnist_screen.tar.gz"
 }
-while :; do
-    running=0
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && running=1; done
-    [ "$running" = 0 ] && break
-    if [ "$(date +%s)" -ge "$DEADLINE" ]; then
-        echo "deadline: stopping the runs still training" >>"$LOG"
-        for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-        break
-    fi
-    pack
-    sleep 20
-done
-wait
-pack
+lease_wait pack "${pids[@]}"
 "$PY" - "$RUNS" <<'PY' | tee -a "$LOG"
 import json
 import sys
@@ -91,6 +92,7 @@ for metrics in sorted(Path(sys.argv[1]).glob("*/metrics.jsonl")):
 print("| run | epochs | final val | final test |")
 print("|---|---|---|---|")
 for name, (epoch, val, test) in rows.items():
-    print(f"| {name} | {epoch} | {100 * val:.2f} | {100 * test:.2f} |")
+    shown = "-" if val is None else f"{100 * val:.2f}"  # None: trained with --validation none
+    print(f"| {name} | {epoch} | {shown} | {100 * test:.2f} |")
 PY
 echo "end $(date -Is)" >>"$LOG"

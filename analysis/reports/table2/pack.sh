@@ -13,7 +13,7 @@ mkdir -p "$DEST"
 status=0
 for folder in "$RUNS_DIR"/*/; do
     net=$(basename "$folder")
-    [ "$net" = code ] && continue  # run.sh's snapshot of the code, not a net
+    case $net in code | code_* | code.*) continue ;; esac  # run.sh's snapshots of the code
     tarball="$DEST/table2_runs_$net.tar.gz"
     if tar -czf "$tarball.part" -C "$RUNS_DIR" "$net"; then
         mv "$tarball.part" "$tarball"

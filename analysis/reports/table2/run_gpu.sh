@@ -9,7 +9,7 @@
 # per net: the device tool brings back at most 8 files of 16 MiB), so that what a lease cuts
 # short still comes back. At the deadline (SECONDS_LEFT after the start) the runs still training
 # get SIGTERM: each abandons the epoch in progress and keeps its last finished one (exit 143);
-# one still alive 20 s later gets SIGKILL (its checkpoint is written atomically).
+# one still alive 20 s later gets SIGKILL (its checkpoint is written atomically; ../lease.sh).
 #
 #   bash analysis/reports/table2/run_gpu.sh DATA_DIR OUT_DIR SECONDS_LEFT
 #   DEVICE=cpu EPOCHS=1 LIMIT=500 RUNS="..." bash analysis/reports/table2/run_gpu.sh ...  # dry run
@@ -29,29 +29,21 @@
 # and end of every run, with its epochs and seconds per epoch) and report.md (the table of the
 # runs this lease holds).
 set -u
-DATA=$1
-OUT=$2
-SECONDS_LEFT=$3
-DEVICE=${DEVICE:-cuda}
-EPOCHS=${EPOCHS:-50}
-SLOTS=${SLOTS:-4}
-TARBALLS=${TARBALLS:-.data}
-PY=${PYTHON:-python3}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=settings.sh
 . "$HERE/settings.sh"
+# shellcheck source=../lease.sh
+. "$HERE/../lease.sh"
+DATA=$1
+EPOCHS=${EPOCHS:-50}
+SLOTS=${SLOTS:-4}
+TARBALLS=${TARBALLS:-.data}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 RUNS=${RUNS:-$TABLE2_RUNS}
-DEADLINE=$(($(date +%s) + SECONDS_LEFT))
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+lease_begin "$2" "$3" table2_gpu.log
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/table2.XXXXXX")
-LOG="$OUT/table2_gpu.log"
-LIMIT_ARGS=()
-[ -n "${LIMIT:-}" ] && LIMIT_ARGS=(--limit "$LIMIT")
 echo "start $(date -Is), device $DEVICE, $EPOCHS epochs, $SLOTS side by side, deadline in" \
-    "$SECONDS_LEFT s" >"$LOG"
+    "$3 s" >"$LOG"
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader >>"$LOG"
 for tarball in "$TARBALLS"/table2_runs*.tar.gz; do  # per net (pack.sh), or one of all
     [ -f "$tarball" ] || continue
@@ -111,25 +103,14 @@ last_pack=$(date +%s)
 while :; do
     reap
     while [ "${#RUNNING[@]}" -lt "$SLOTS" ] && [ "$next" -lt "${#pending[@]}" ] &&
-        [ "$(date +%s)" -lt "$DEADLINE" ]; do
+        ! lease_past_deadline; do
         launch "${pending[$next]}"
         next=$((next + 1))
     done
     [ "${#RUNNING[@]}" = 0 ] && break
-    if [ "$(date +%s)" -ge "$DEADLINE" ]; then
-        echo "$(date +%T) deadline: SIGTERM to the ${#RUNNING[@]} runs still training" >>"$LOG"
-        kill -TERM "${!RUNNING[@]}" 2>/dev/null
-        for _ in $(seq 20); do
-            sleep 1
-            reap
-            [ "${#RUNNING[@]}" = 0 ] && break
-        done
-        if [ "${#RUNNING[@]}" -gt 0 ]; then
-            echo "$(date +%T) SIGKILL to ${RUNNING[*]}" >>"$LOG"
-            kill -KILL "${!RUNNING[@]}" 2>/dev/null
-            sleep 1
-            reap
-        fi
+    if lease_past_deadline; then
+        lease_stop "${!RUNNING[@]}"
+        reap
         break
     fi
     if [ $(($(date +%s) - last_pack)) -ge 20 ]; then
