@@ -31,6 +31,7 @@ import torch
 from topo_ep.analysis.sweep import (
     SweepSettings,
     aggregate,
+    format_stats,
     plot_quantities,
     run_sweep,
     write_tables,
@@ -42,15 +43,6 @@ GAINS = ("0.001", "0.01", "0.03", "0.1", "0.25", "0.5", "1", "2", "4")
 CHAIN_3X64 = ("generate.depth=3", "dynamics.free_steps=18", "dynamics.nudged_steps=10")
 #: Paper, Table S1 (MNIST, 3 layers): test accuracy in % by feedback gain.
 PAPER_TABLE_S1 = {"0.1": 97.41, "1": 55.86}
-
-
-def _cell(stats: tuple[float, float, float, int], scale: float = 1.0, digits: int = 4) -> str:
-    mean, low, high, count = stats
-    if count == 0:
-        return "n/a"
-    if count == 1 or low == high:
-        return f"{scale * mean:.{digits}g}"
-    return f"{scale * mean:.{digits}g} [{scale * low:.{digits}g} .. {scale * high:.{digits}g}]"
 
 
 def write_report(
@@ -97,10 +89,11 @@ def write_report(
     ]
     for entry in fresh_stats:
         lines.append(
-            f"| {entry['value']} | {_cell(entry['spectral_radius'])} | "
-            f"{_cell(entry['jacobian_mean'])} | {_cell(entry['jacobian_max'])} | "
-            f"{_cell(entry['lyapunov_mean'])} | {_cell(entry['convergence_median'])} | "
-            f"{_cell(entry['converged_fraction'], 100, 3)} % |"
+            f"| {entry['value']} | {format_stats(entry['spectral_radius'])} | "
+            f"{format_stats(entry['jacobian_mean'])} | {format_stats(entry['jacobian_max'])} | "
+            f"{format_stats(entry['lyapunov_mean'])} | "
+            f"{format_stats(entry['convergence_median'])} | "
+            f"{format_stats(entry['converged_fraction'], 100, 3)} % |"
         )
     lines += [
         "",
@@ -113,11 +106,11 @@ def write_report(
     for entry in trained_stats:
         paper = PAPER_TABLE_S1.get(str(entry["value"]))
         lines.append(
-            f"| {entry['value']} | {_cell(entry['test_acc'], 100)} | "
-            f"{paper if paper is not None else '-'} | {_cell(entry['spectral_radius'])} | "
-            f"{_cell(entry['jacobian_mean'])} | {_cell(entry['lyapunov_mean'])} | "
-            f"{_cell(entry['convergence_median'])} | "
-            f"{_cell(entry['converged_fraction'], 100, 3)} % |"
+            f"| {entry['value']} | {format_stats(entry['test_acc'], 100)} | "
+            f"{paper if paper is not None else '-'} | {format_stats(entry['spectral_radius'])} | "
+            f"{format_stats(entry['jacobian_mean'])} | {format_stats(entry['lyapunov_mean'])} | "
+            f"{format_stats(entry['convergence_median'])} | "
+            f"{format_stats(entry['converged_fraction'], 100, 3)} % |"
         )
     lines += [
         "",

@@ -44,6 +44,7 @@ from topo_ep import spectral
 from topo_ep.analysis.sweep import (
     SweepSettings,
     aggregate,
+    format_stats,
     plot_quantities,
     run_sweep,
     write_tables,
@@ -58,15 +59,6 @@ RADII = ("0.1", "0.3", "0.5", "0.7", "0.9", "1.2")
 PATH = "feedback_gain.spectral_radius"
 #: The declared feedback gain of chain_5x64.yaml, which the scale multiplies.
 DECLARED_GAIN = 0.1
-
-
-def _cell(stats: tuple[float, float, float, int], scale: float = 1.0, digits: int = 4) -> str:
-    mean, low, high, count = stats
-    if count == 0:
-        return "n/a"
-    if count == 1 or low == high:
-        return f"{scale * mean:.{digits}g}"
-    return f"{scale * mean:.{digits}g} [{scale * low:.{digits}g} .. {scale * high:.{digits}g}]"
 
 
 def _gains(settings: SweepSettings, value: str) -> list[list[float]]:
@@ -164,10 +156,10 @@ def write_report(
         gains = [g[0] for g in _gains(trained, value)]
         gain = (float(np.mean(gains)), min(gains), max(gains), len(gains))
         lines.append(
-            f"| {value} | {_cell(gain)} | {_cell(entry['spectral_radius'])} | "
-            f"{_cell(entry['jacobian_mean'])} | {_cell(entry['lyapunov_mean'])} | "
-            f"{_cell(entry['convergence_median'])} | "
-            f"{_cell(entry['converged_fraction'], 100, 3)} % |"
+            f"| {value} | {format_stats(gain)} | {format_stats(entry['spectral_radius'])} | "
+            f"{format_stats(entry['jacobian_mean'])} | {format_stats(entry['lyapunov_mean'])} | "
+            f"{format_stats(entry['convergence_median'])} | "
+            f"{format_stats(entry['converged_fraction'], 100, 3)} % |"
         )
     lines += [
         "",
@@ -184,10 +176,12 @@ def write_report(
     for value, fixed, every in zip(values, stats["fixed"], stats["every_epoch"], strict=True):
         last = [g[-1] for g in _gains(settings["every_epoch"], value)]
         lines.append(
-            f"| {value} | {_cell(fixed['test_acc'], 100)} | {_cell(fixed['spectral_radius'])} | "
-            f"{_cell(fixed['convergence_median'])} | {_cell(every['test_acc'], 100)} | "
-            f"{float(np.mean(last)):.4g} | {_cell(every['spectral_radius'])} | "
-            f"{_cell(every['convergence_median'])} |"
+            f"| {value} | {format_stats(fixed['test_acc'], 100)} | "
+            f"{format_stats(fixed['spectral_radius'])} | "
+            f"{format_stats(fixed['convergence_median'])} | "
+            f"{format_stats(every['test_acc'], 100)} | "
+            f"{float(np.mean(last)):.4g} | {format_stats(every['spectral_radius'])} | "
+            f"{format_stats(every['convergence_median'])} |"
         )
     lines += [
         "",

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from topo_ep.analysis.sweep import SweepSettings, grid_points, parse_shard, shard_points
+from topo_ep.analysis.sweep import (
+    SweepSettings,
+    format_stats,
+    grid_points,
+    parse_shard,
+    shard_points,
+)
 from topo_ep.cli import main
 from topo_ep.errors import TopoEpError
 
@@ -106,3 +112,11 @@ def test_workers_and_merged_shares_give_the_table_of_one_process(tmp_path, capsy
     manifest.write_text(json.dumps(document), encoding="utf-8")
     assert main(["sweep-merge", *map(str, shares), "--out", str(tmp_path / "x")]) == 2
     assert "different sweeps: seeds: 1 in" in capsys.readouterr().err
+
+
+def test_format_stats_shows_the_spread_only_when_seeds_differ() -> None:
+    """One cell of a sweep table: the mean, [min .. max] when seeds differ, n/a without data."""
+    assert format_stats((0.5, 0.4, 0.6, 2)) == "0.5 [0.4 .. 0.6]"
+    assert format_stats((0.97, 0.97, 0.97, 2), 100, 3) == "97"
+    assert format_stats((0.25, 0.25, 0.25, 1)) == "0.25"
+    assert format_stats((float("nan"), float("nan"), float("nan"), 0)) == "n/a"

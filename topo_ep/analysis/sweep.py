@@ -488,6 +488,19 @@ def aggregate(
     return out
 
 
+def format_stats(
+    stats: tuple[float, float, float, int], scale: float = 1.0, digits: int = 4
+) -> str:
+    """One cell of a sweep table: ``scale * mean`` of an :func:`aggregate` entry, with
+    ``[min .. max]`` when several seeds differ, ``n/a`` when none had a finite value."""
+    mean, low, high, count = stats
+    if count == 0:
+        return "n/a"
+    if count == 1 or low == high:
+        return f"{scale * mean:.{digits}g}"
+    return f"{scale * mean:.{digits}g} [{scale * low:.{digits}g} .. {scale * high:.{digits}g}]"
+
+
 def write_tables(
     rows: Sequence[dict[str, Any]], settings: SweepSettings, command: str
 ) -> tuple[Path, Path]:
@@ -528,15 +541,7 @@ def write_tables(
         "|" + "---|" * (len(columns) + 1),
     ]
     for entry in aggregate(rows, settings.values):
-        cells = [str(entry["value"])]
-        for key in columns:
-            mean, low, high, count = entry[key]
-            if count == 0:
-                cells.append("n/a")
-            elif count == 1 or low == high:
-                cells.append(f"{mean:.4g}")
-            else:
-                cells.append(f"{mean:.4g} [{low:.4g} .. {high:.4g}]")
+        cells = [str(entry["value"]), *(format_stats(entry[key]) for key in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *(f"![{QUANTITIES[c]}]({c}.png)" for c in columns), ""]
     md_path = out / "sweep.md"
