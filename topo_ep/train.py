@@ -54,6 +54,7 @@ from topo_ep.param_groups import (
     schedule_factor,
 )
 from topo_ep.rundir import RunLock, remove_stale_temps, write_text_atomic
+from topo_ep.signal_resolution import unresolved_layers, unresolved_message
 from topo_ep.spec import TopologySpec
 from topo_ep.testhooks import pause_point
 from topo_ep.warm_start import WarmStarts
@@ -260,6 +261,8 @@ class EpochTotals:
     free_steps: int = 0
     nudged_steps: int = 0
     unconverged: int = 0
+    #: EP: per hidden layer, the largest contrast ratio of the epoch's batches (on the device)
+    contrast_ratio: torch.Tensor | None = None
 
 
 class Trainer:
@@ -320,6 +323,8 @@ class Trainer:
         self.lock = lock
         #: Optimizer steps taken by this object (not counting those of a resumed checkpoint).
         self.steps_taken = 0
+        #: The layers of the last warning of :meth:`_warn_unresolved`.
+        self.unresolved: tuple[str, ...] = ()
         #: The free state of every training example (``training.warm_start``), else ``None``.
         self.warm_starts = self._warm_starts()
 
@@ -521,6 +526,9 @@ class Trainer:
             totals.free_steps += result.free_steps
             totals.nudged_steps += result.nudged_steps
             totals.unconverged += not result.converged
+            if result.contrast_ratio is not None:
+                ratio, largest = result.contrast_ratio.detach(), totals.contrast_ratio
+                totals.contrast_ratio = ratio if largest is None else torch.maximum(largest, ratio)
         bar.close()
         if warm is not None:
             warm.end_epoch(self.parallel.sum_over_ranks if self.parallel.distributed else None)
@@ -572,6 +580,20 @@ class Trainer:
                 stacklevel=2,
             )
 
+    def _warn_unresolved(self, epoch: int, totals: EpochTotals) -> None:
+        """Warn when some layers' EP signal is below the dtype's rounding
+        (:mod:`topo_ep.signal_resolution`): at the first epoch it happens and whenever the
+        layers concerned change, on the main rank."""
+        if totals.contrast_ratio is None or not self.parallel.is_main:
+            return
+        layers = unresolved_layers(totals.contrast_ratio, self.net.layout.names, self.dtype)
+        names = tuple(name for name, _ in layers)
+        if names and names != self.unresolved:
+            warnings.warn(
+                unresolved_message(epoch, layers, self.settings.dtype), RuntimeWarning, stacklevel=2
+            )
+        self.unresolved = names
+
     def run(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns every epoch's metrics.
 
@@ -611,6 +633,7 @@ class Trainer:
             totals = self.train_epoch(epoch)
             train_seconds = time.perf_counter() - started
             self._warn_unconverged(epoch, totals)
+            self._warn_unresolved(epoch, totals)
             rescaled = self._solve_feedback_scale_again()
             _, val_acc = self._evaluate(self.dataset.val, eval_batch)
             _, test_acc = self._evaluate(self.dataset.test, eval_batch)

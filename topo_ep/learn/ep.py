@@ -62,6 +62,7 @@ from topo_ep.engine import (
 from topo_ep.learn.base import BatchResult, Gradients, cross_entropy_and_correct, write_gradients
 from topo_ep.learn.registry import METHODS
 from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
+from topo_ep.signal_resolution import contrast_ratios
 from topo_ep.spec import INPUT, TopologySpec
 
 
@@ -249,6 +250,13 @@ class EquilibriumPropagation:
         )
 
     # ------------------------------------------------------------------ updates
+    def contrasted(self, phases: EPPhases) -> tuple[list[Tensor], list[Tensor]]:
+        """The two states whose difference EP learns from: (nudged, free) for one-sided
+        nudging, (+nudge, -nudge) for symmetric."""
+        if self.nudging == "one-sided":
+            return phases.nudged[0], phases.free
+        return phases.nudged[0], phases.nudged[1]
+
     def updates(self, net: CompiledNetwork, phases: EPPhases) -> Gradients:
         """dW per learned edge and hidden bias, keyed by :class:`~topo_ep.params.ParamKey`.
 
@@ -257,10 +265,8 @@ class EquilibriumPropagation:
         (:attr:`~topo_ep.compiler.CompiledNetwork.gain_factors`).
         """
         factors = net.gain_factors if self.gain_compensated else None
-        if self.nudging == "one-sided":
-            plus, minus, factor = phases.nudged[0], phases.free, 1.0
-        else:
-            plus, minus, factor = phases.nudged[0], phases.nudged[1], 0.5
+        plus, minus = self.contrasted(phases)
+        factor = 1.0 if self.nudging == "one-sided" else 0.5
         free = phases.free
         layout = net.layout
         out: Gradients = {}
@@ -327,6 +333,7 @@ class EquilibriumPropagation:
             nudged_steps=sum(s.steps for s in phases.nudged_stats),
             converged=bool(judged) and all(stats.converged for stats in judged),
             free_state=phases.free,
+            contrast_ratio=contrast_ratios(*self.contrasted(phases)),
         )
         return EPEstimate(grads, phases, result)
 
