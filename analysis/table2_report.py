@@ -24,11 +24,14 @@ from pathlib import Path
 
 import yaml
 
-#: The nets of Table 2 (``*_float64``: float64 controls of the chain and of res_20x64).
+#: The nets of Table 2 (``*_float64``: float64 controls of the chain and of res_20x64;
+#: ``res_10x64_fixed``: res_10x64 at the paper's fixed synchronous steps, a control of the
+#: converged phases).
 NETS = (
     "chain_10x64",
     "chain_10x64_float64",
     "res_10x64",
+    "res_10x64_fixed",
     "res_20x64",
     "res_20x64_float64",
     "agt_10x64",
@@ -40,6 +43,7 @@ PAPER = {
     ("chain_10x64_float64", "ep"): 92.49,
     ("res_10x64", "ep"): 97.49,
     ("res_10x64", "bp"): 97.61,
+    ("res_10x64_fixed", "ep"): 97.49,
     ("res_20x64", "ep"): 95.95,
     ("res_20x64", "bp"): 97.48,
     ("res_20x64_float64", "ep"): 95.95,

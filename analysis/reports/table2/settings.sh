@@ -5,7 +5,9 @@
 # A run is NET:METHOD:SEED. NET is a folder under OUT and names the topology and the dtype:
 # chain_10x64_float64 is topologies/chain_10x64.yaml in float64 (the control of DESIGN.md);
 # res_20x64_float64, res_20x64 in float64: a control outside the table's runs (not in TABLE2_RUNS),
-# since `check-gradients` in float32 finds no EP signal in res_20x64's lowest layers (README.md).
+# since `check-gradients` in float32 finds no EP signal in res_20x64's lowest layers (README.md);
+# res_10x64_fixed, res_10x64 with the file's own dynamics (the paper's synchronous T/K 100/50,
+# no tolerance): a control of the converged phases, which cost fre_2x512 0.2 points.
 
 # Every run of the table, the longest first (what a side-by-side queue should start first):
 # EP cost per epoch on this CPU at the shipped T/K (issue 13): res_20x64 about 185 s, AGT 66 s,
@@ -16,10 +18,12 @@ TABLE2_RUNS="res_20x64:ep:0 res_20x64:ep:1 chain_10x64_float64:ep:0 chain_10x64:
 chain_10x64:ep:1 res_10x64:ep:0 res_10x64:ep:1 agt_10x64:ep:0 agt_10x64:ep:1
 res_20x64:bp:0 res_20x64:bp:1 res_10x64:bp:0 res_10x64:bp:1 agt_10x64:bp:0 agt_10x64:bp:1
 chain_10x64:bp:0 chain_10x64:bp:1"
-TABLE2_NETS="chain_10x64 chain_10x64_float64 res_10x64 res_20x64 res_20x64_float64 agt_10x64"
+TABLE2_NETS="chain_10x64 chain_10x64_float64 res_10x64 res_10x64_fixed res_20x64"
+TABLE2_NETS="$TABLE2_NETS res_20x64_float64 agt_10x64"
 
 table2_topology() {  # table2_topology NET: the topology file
-    echo "topologies/${1%_float64}.yaml"
+    local net=${1%_float64}
+    echo "topologies/${net%_fixed}.yaml"
 }
 
 table2_dtype() {  # table2_dtype NET
@@ -49,6 +53,7 @@ table2_sets() {
     case $1 in
         res_10x64) sets="$sets $converged --set dynamics.tolerance=3e-5 --set dynamics.check_every=5
             --set dynamics.free_steps=1000 --set dynamics.nudged_steps=1000" ;;
+        res_10x64_fixed) sets="" ;;  # the file's synchronous 100 + 50 steps
         agt_10x64) sets="$sets $converged --set dynamics.tolerance=1e-4" ;;
         res_20x64 | res_20x64_float64)
             sets="$sets --set dynamics.free_steps=100 --set dynamics.nudged_steps=50" ;;
