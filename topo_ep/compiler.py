@@ -746,3 +746,13 @@ def compile_topology(
     return CompiledNetwork(
         spec, seed=seed, dtype=dtype, device=device, feedback_scale=feedback_scale
     )
+
+
+def recompiled(net: CompiledNetwork, dtype: torch.dtype) -> CompiledNetwork:
+    """A copy of ``net`` in ``dtype`` on the same device, with the same weights: ``net.spec``
+    compiled again (it carries the solved feedback gains of a radius target, see
+    :class:`CompiledNetwork`) and the floating-point tensors of its state cast to ``dtype``."""
+    other = compile_topology(net.spec, dtype=dtype, device=net.device)
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    other.load_state_dict(state)
+    return other

@@ -53,8 +53,13 @@ from topo_ep.param_groups import (
     param_groups,
     schedule_factor,
 )
+from topo_ep.precision_check import (
+    CHECK_EXAMPLES,
+    disagreeing,
+    disagreement_message,
+    float64_agreement,
+)
 from topo_ep.rundir import RunLock, remove_stale_temps, write_text_atomic
-from topo_ep.signal_resolution import unresolved_layers, unresolved_message
 from topo_ep.spec import TopologySpec
 from topo_ep.testhooks import pause_point
 from topo_ep.warm_start import WarmStarts
@@ -261,8 +266,6 @@ class EpochTotals:
     free_steps: int = 0
     nudged_steps: int = 0
     unconverged: int = 0
-    #: EP: per hidden layer, the largest contrast ratio of the epoch's batches (on the device)
-    contrast_ratio: torch.Tensor | None = None
 
 
 class Trainer:
@@ -323,8 +326,8 @@ class Trainer:
         self.lock = lock
         #: Optimizer steps taken by this object (not counting those of a resumed checkpoint).
         self.steps_taken = 0
-        #: The layers of the last warning of :meth:`_warn_unresolved`.
-        self.unresolved: tuple[str, ...] = ()
+        #: The tensors that :meth:`_check_precision` has reported.
+        self.imprecise: set[str] = set()
         #: The free state of every training example (``training.warm_start``), else ``None``.
         self.warm_starts = self._warm_starts()
 
@@ -526,9 +529,6 @@ class Trainer:
             totals.free_steps += result.free_steps
             totals.nudged_steps += result.nudged_steps
             totals.unconverged += not result.converged
-            if result.contrast_ratio is not None:
-                ratio, largest = result.contrast_ratio.detach(), totals.contrast_ratio
-                totals.contrast_ratio = ratio if largest is None else torch.maximum(largest, ratio)
         bar.close()
         if warm is not None:
             warm.end_epoch(self.parallel.sum_over_ranks if self.parallel.distributed else None)
@@ -580,19 +580,22 @@ class Trainer:
                 stacklevel=2,
             )
 
-    def _warn_unresolved(self, epoch: int, totals: EpochTotals) -> None:
-        """Warn when some layers' EP signal is below the dtype's rounding
-        (:mod:`topo_ep.signal_resolution`): at the first epoch it happens and whenever the
-        layers concerned change, on the main rank."""
-        if totals.contrast_ratio is None or not self.parallel.is_main:
+    def _check_precision(self, epoch: int) -> None:
+        """EP in a dtype other than float64: warn when the rounding changes the update of some
+        tensors (:mod:`topo_ep.precision_check`), when a tensor not reported before is among
+        them; on the main rank only."""
+        if self.settings.method != "ep" or self.dtype == torch.float64:
             return
-        layers = unresolved_layers(totals.contrast_ratio, self.net.layout.names, self.dtype)
-        names = tuple(name for name, _ in layers)
-        if names and names != self.unresolved:
-            warnings.warn(
-                unresolved_message(epoch, layers, self.settings.dtype), RuntimeWarning, stacklevel=2
-            )
-        self.unresolved = names
+        if not self.parallel.is_main:
+            return
+        split = self.dataset.train
+        x, y = split.x[:CHECK_EXAMPLES], split.y[:CHECK_EXAMPLES]
+        tensors = disagreeing(float64_agreement(self.net, x, y))
+        new = {key for key, _ in tensors} - self.imprecise
+        if new:
+            message = disagreement_message(epoch, tensors, self.settings.dtype)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+            self.imprecise |= new
 
     def run(self) -> list[dict[str, Any]]:
         """Train the remaining epochs; returns every epoch's metrics.
@@ -633,7 +636,7 @@ class Trainer:
             totals = self.train_epoch(epoch)
             train_seconds = time.perf_counter() - started
             self._warn_unconverged(epoch, totals)
-            self._warn_unresolved(epoch, totals)
+            self._check_precision(epoch)
             rescaled = self._solve_feedback_scale_again()
             _, val_acc = self._evaluate(self.dataset.val, eval_batch)
             _, test_acc = self._evaluate(self.dataset.test, eval_batch)

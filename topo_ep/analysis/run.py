@@ -25,7 +25,7 @@ from topo_ep.analysis.lyapunov import LyapunovExponents, lyapunov_exponents
 from topo_ep.analysis.operator import OperatorSpectrum, operator_spectrum
 from topo_ep.analysis.states import FixedPoint, fixed_point_tolerance, free_fixed_point
 from topo_ep.balance import state_dependent_couplings
-from topo_ep.compiler import CompiledNetwork, compile_topology
+from topo_ep.compiler import CompiledNetwork, recompiled
 from topo_ep.fixed_points import fixed_point_split, settled_states
 from topo_ep.schedules import SCHEDULES
 
@@ -202,9 +202,7 @@ def _fixed_point_summary(fixed: FixedPoint) -> dict[str, Any]:
 
 def as_float64(net: CompiledNetwork) -> CompiledNetwork:
     """A float64 copy of ``net`` with the same weights (a float64 control)."""
-    other = compile_topology(net.spec, dtype=torch.float64, device=net.device)
-    other.load_state_dict({k: v.double() for k, v in net.state_dict().items()})
-    return other
+    return recompiled(net, torch.float64)
 
 
 def analyse(

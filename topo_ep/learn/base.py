@@ -30,9 +30,6 @@ class BatchResult:
     syncs with the device once per epoch, not once per batch. ``free_state`` is the free
     fixed point, one tensor per hidden layer, for methods that have one (EP), else ``None``; a
     warm-started run stores it (:mod:`topo_ep.warm_start`); it takes no part in equality.
-    ``contrast_ratio`` is EP's signal per hidden layer relative to its states
-    (:func:`topo_ep.signal_resolution.contrast_ratios`), a device tensor; ``None`` for methods
-    without a contrast.
     """
 
     loss: Tensor
@@ -41,7 +38,6 @@ class BatchResult:
     nudged_steps: int = 0
     converged: bool = True
     free_state: list[Tensor] | None = field(default=None, compare=False, repr=False)
-    contrast_ratio: Tensor | None = field(default=None, compare=False, repr=False)
 
 
 class Method(Protocol):

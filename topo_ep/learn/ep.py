@@ -62,7 +62,6 @@ from topo_ep.engine import (
 from topo_ep.learn.base import BatchResult, Gradients, cross_entropy_and_correct, write_gradients
 from topo_ep.learn.registry import METHODS
 from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
-from topo_ep.signal_resolution import contrast_ratios
 from topo_ep.spec import INPUT, TopologySpec
 
 
@@ -333,7 +332,6 @@ class EquilibriumPropagation:
             nudged_steps=sum(s.steps for s in phases.nudged_stats),
             converged=bool(judged) and all(stats.converged for stats in judged),
             free_state=phases.free,
-            contrast_ratio=contrast_ratios(*self.contrasted(phases)),
         )
         return EPEstimate(grads, phases, result)
 

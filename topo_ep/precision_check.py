@@ -1,0 +1,72 @@
+"""Whether the dtype's rounding changes EP's update: a float64 control, once per epoch.
+
+EP learns from the contrast of two relaxed states of each layer, ``s^nudged - s^free``. Down a
+deep net the contrast shrinks like the product of the feedback gains, while each state carries
+the rounding of its dtype, about ``eps * |s|`` per element, and more after many relaxation steps.
+Whether the rounding matters cannot be read off the contrast's size alone: the sum over the batch
+in ``dW = sum_b c_b x_b^T`` averages it. Measured on trained Table 2 nets, float32 against float64
+(``analysis/reports/table2/progress/``): agt_10x64's lowest layer had a contrast of 0.7 float32
+rounding units (``||c|| / (eps ||s||)``) and the same update as in float64 (cosine with the
+implicit gradient 0.266 and 0.267), while res_20x64's lowest three edges, with contrasts of 1-2
+units after 100 + 50 relaxation steps, had EP updates with no better than a random direction in
+float32 (``check-gradients``: 1 - cos 0.96-1.06) against cosines 0.38-0.77 in float64.
+
+So the check measures it: EP's update of every learned tensor on a fixed batch of training
+examples, computed on the network and on a float64 copy of the same weights
+(:func:`topo_ep.compiler.recompiled`), and the cosine of the two,
+
+    cos_e = <dW_e, dW_e^64> / (||dW_e|| ||dW_e^64||).
+
+Tensors with ``cos_e`` below :data:`AGREEMENT` are the ones whose update the rounding has
+changed. Both updates start from zero states with eager steps and without the all-reduce of a
+data-parallel run, so the check runs on one process and touches no run state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from topo_ep.compiler import CompiledNetwork, recompiled
+from topo_ep.learn.ep import EquilibriumPropagation
+
+#: A tensor whose update has a smaller cosine with its float64 control is reported.
+AGREEMENT = 0.9
+#: The training examples of the check (the first ones of the training split).
+CHECK_EXAMPLES = 64
+
+
+def float64_agreement(net: CompiledNetwork, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Per learned tensor (its :class:`~topo_ep.params.ParamKey` string), the cosine between
+    EP's update in ``net``'s dtype and in float64, on the batch ``(x, y)``; NaN where either
+    update is zero (no signal reaches that tensor: not a question of precision)."""
+    method = EquilibriumPropagation.from_spec(net.spec)
+    control = recompiled(net, torch.float64)
+    device = net.device
+    own = method.estimate(net, x.to(device, net.dtype), y.to(device)).grads
+    reference = method.estimate(control, x.to(device, torch.float64), y.to(device)).grads
+    out = {}
+    for key, update in own.items():
+        a, b = update.double().flatten(), reference[key].flatten()
+        norms = float(a.norm()) * float(b.norm())
+        out[str(key)] = float(a @ b) / norms if norms > 0 else float("nan")
+    return out
+
+
+def disagreeing(cosines: dict[str, float], threshold: float = AGREEMENT) -> list[tuple[str, float]]:
+    """The tensors whose cosine is below ``threshold`` (NaN left out), in the given order."""
+    return [(key, value) for key, value in cosines.items() if value < threshold]
+
+
+def disagreement_message(epoch: int, tensors: Sequence[tuple[str, float]], dtype: str) -> str:
+    """The warning for the tensors of :func:`disagreeing`."""
+    listed = ", ".join(f"{key} ({value:.2f})" for key, value in tensors)
+    return (
+        f"epoch {epoch}: {dtype} rounding changes EP's update of {len(tensors)} tensor(s): "
+        f"their cosine with a float64 control on {CHECK_EXAMPLES} training examples is below "
+        f"{AGREEMENT:g}: {listed}. Their EP signal is too small for {dtype} (deep layers, small "
+        "feedback gains or nudge); train in float64 (--dtype float64), or raise the gains or "
+        "the nudge. `topo-ep analyze` shows the signal by layer"
+    )
