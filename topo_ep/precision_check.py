@@ -8,7 +8,7 @@ in ``dW = sum_b c_b x_b^T`` averages it, and relaxation steps add to it. Measure
 Table 2 nets (``analysis/reports/table2/progress/check_gradients/``: the contrast in float32
 rounding units ``||c|| / (eps ||s||)`` on 500 test images, the cosine of the float32 and float64
 updates on 64 training examples): agt_10x64's lowest layer had 0.7 units and cosine 0.75 on its
-input edge; res_20x64's three lowest layers 1-2 units and cosines -0.18 to 0.28; res_10x64's
+input edge; res_20x64's three lowest layers 0.8-1.7 units and cosines -0.09 to 0.28; res_10x64's
 lowest layer 141 units and cosine 1.000.
 
 So the check measures it: EP's update of every learned tensor on a fixed batch of training
