@@ -25,6 +25,7 @@ data-parallel run, so the check runs on one process and touches no run state.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -42,7 +43,7 @@ def float64_agreement(net: CompiledNetwork, x: Tensor, y: Tensor) -> dict[str, f
     """Per learned tensor (its :class:`~topo_ep.params.ParamKey` string), the cosine between
     EP's update in ``net``'s dtype and in float64, on the batch ``(x, y)``; NaN where either
     update is zero (no signal reaches that tensor: not a question of precision)."""
-    method = EquilibriumPropagation.from_spec(net.spec)
+    method = replace(EquilibriumPropagation.from_spec(net.spec), chunks=None)  # eager steps
     control = recompiled(net, torch.float64)
     device = net.device
     own = method.estimate(net, x.to(device, net.dtype), y.to(device)).grads

@@ -98,7 +98,7 @@ class RunSettings:
     data_dir: str | None = None
     limit: int | None = None
     #: ``holdout`` (a validation split carved out of the training part) or ``none`` (train on
-    #: all of it; :data:`topo_ep.data.VALIDATION_MODES`).
+    #: all of it; :data:`topo_ep.spec.VALIDATION_MODES`).
     validation: str = "holdout"
     eval_batch_size: int = 2000
     extra: dict[str, Any] = field(default_factory=dict)
