@@ -432,6 +432,11 @@ def test_analyze_command_writes_report_json_and_plots(tmp_path, capsys):
     )
     assert set(data["convergence"]) >= {"synchronous", "sweep"}
     assert len(data["gradient_flow"]["edges"]) == 2
+    # float32 by default: each EP update against its float64 recomputation, per tensor
+    agreement = data["float64_agreement"]
+    assert set(agreement) >= {edge["edge"] for edge in data["gradient_flow"]["edges"]}
+    assert min(agreement.values()) > 0.999  # a shallow net: float32 keeps EP's update
+    assert "cos(EP float32, EP float64)" in report
 
 
 def test_sweep_command_writes_table_and_plots_and_resumes(tmp_path, capsys):

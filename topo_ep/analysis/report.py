@@ -230,7 +230,12 @@ def _horizon_too_short(ly: LyapunovExponents, times: ConvergenceTimes | None) ->
     )
 
 
-def _flow_tables(flow: GradientFlow, control: GradientFlow | None, dtype: str) -> list[str]:
+def _flow_tables(
+    flow: GradientFlow,
+    control: GradientFlow | None,
+    dtype: str,
+    agreement: dict[str, float] | None = None,
+) -> list[str]:
     lines = [
         f"| layer | RMS s^n - s^0 ({dtype}) | float64 control | relative to top | "
         f"predicted factor ({flow.factor_basis}) |",
@@ -247,16 +252,18 @@ def _flow_tables(flow: GradientFlow, control: GradientFlow | None, dtype: str) -
         )
     lines += [
         "",
-        f"| edge | cos(EP, implicit) {dtype} | float64 control | cos(EP, BP) | "
-        "EP norm / implicit norm | predicted factor |",
-        "|---|---|---|---|---|---|",
+        f"| edge | cos(EP, implicit) {dtype} | float64 control | cos(EP {dtype}, EP float64) | "
+        "cos(EP, BP) | EP norm / implicit norm | predicted factor |",
+        "|---|---|---|---|---|---|---|",
     ]
     ctrl_edges = {row.edge: row for row in control.edges} if control else {}
+    agreement = agreement or {}
     for row in flow.edges:
         other = _f(ctrl_edges[row.edge].cos_implicit, 6) if row.edge in ctrl_edges else "-"
+        same = _f(agreement[row.edge], 6) if row.edge in agreement else "-"
         lines.append(
-            f"| {row.edge} | {_f(row.cos_implicit, 6)} | {other} | {_f(row.cos_bp, 6)} | "
-            f"{_f(row.norm_ratio, 3)} | {_f(row.predicted_factor, 3)} |"
+            f"| {row.edge} | {_f(row.cos_implicit, 6)} | {other} | {same} | "
+            f"{_f(row.cos_bp, 6)} | {_f(row.norm_ratio, 3)} | {_f(row.predicted_factor, 3)} |"
         )
     return lines
 
@@ -277,7 +284,7 @@ def _flow_lines(result: NetworkAnalysis) -> list[str]:
     )
     if flow.implicit_note:
         lines.append(f"Note: {flow.implicit_note}.")
-    lines += [""] + _flow_tables(flow, control, result.dtype) + [""]
+    lines += [""] + _flow_tables(flow, control, result.dtype, result.float64_agreement) + [""]
     bottom = flow.layers[0]
     top = next(row for row in flow.layers if row.layer == flow.top)
     rel = bottom.rms / top.rms if top.rms > 0 else float("nan")

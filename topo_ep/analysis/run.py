@@ -27,6 +27,7 @@ from topo_ep.analysis.states import FixedPoint, fixed_point_tolerance, free_fixe
 from topo_ep.balance import state_dependent_couplings
 from topo_ep.compiler import CompiledNetwork, recompiled
 from topo_ep.fixed_points import fixed_point_split, settled_states
+from topo_ep.precision_check import float64_agreement
 from topo_ep.schedules import SCHEDULES
 
 #: Parts of the analysis that :func:`analyse` can run.
@@ -95,6 +96,9 @@ class NetworkAnalysis:
     convergence: dict[str, ConvergenceTimes] = field(default_factory=dict)
     gradient_flow: GradientFlow | None = None
     gradient_flow_float64: GradientFlow | None = None
+    #: Per learned tensor, the cosine of EP's update with its float64 recomputation
+    #: (:func:`topo_ep.precision_check.float64_agreement`); empty without a float64 control.
+    float64_agreement: dict[str, float] = field(default_factory=dict)
     energy: dict[str, EnergyTrace] = field(default_factory=dict)
     fixed_points: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -169,6 +173,8 @@ class NetworkAnalysis:
         ):
             if flow is not None:
                 out[key] = asdict(flow)
+        if self.float64_agreement:
+            out["float64_agreement"] = dict(self.float64_agreement)
         out["energy"] = {
             name: {
                 "mean": e.mean.tolist(),
@@ -290,6 +296,7 @@ def analyse(
         if options.float64_control and net.dtype != torch.float64:
             say("gradient flow, float64 control")
             result.gradient_flow_float64 = gradient_flow(as_float64(net), x, y)
+            result.float64_agreement = float64_agreement(net, x, y)
     if "energy" in parts and result.balance.balanced:
         say("energy along the trajectory")
         result.energy = {
