@@ -59,6 +59,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "param_groups",
         "warm_start",
+        "precision_check",
         "train",
         "distributed",
         "evaluate",
