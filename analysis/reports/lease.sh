@@ -37,13 +37,14 @@ lease_past_deadline() {
     [ "$(date +%s)" -ge "$DEADLINE" ]
 }
 
-# lease_stop PID...: SIGTERM, then SIGKILL to any still alive 20 s later; logs both to LOG.
+# lease_stop PID...: SIGTERM, then SIGKILL to any still alive LEASE_GRACE seconds (20) later;
+# logs both to LOG.
 lease_stop() {
     [ $# -gt 0 ] || return 0
     echo "$(date +%T) deadline: SIGTERM to the $# runs still training" >>"$LOG"
     kill -TERM "$@" 2>/dev/null
     local pid alive
-    for _ in $(seq 20); do
+    for _ in $(seq "${LEASE_GRACE:-20}"); do
         alive=()
         for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
         [ ${#alive[@]} = 0 ] && return 0
@@ -54,7 +55,8 @@ lease_stop() {
 }
 
 # lease_wait PACK_COMMAND PID...: until every PID has ended, or the deadline (then lease_stop
-# them), run PACK_COMMAND (a function name) every 20 s; once more at the end.
+# them), run PACK_COMMAND (a function name) every LEASE_PACK_EVERY seconds (20); once more at
+# the end.
 lease_wait() {
     local pack=$1 pid running
     shift
@@ -67,7 +69,7 @@ lease_wait() {
             break
         fi
         "$pack"
-        sleep 20
+        sleep "${LEASE_PACK_EVERY:-20}"
     done
     wait
     "$pack"
