@@ -41,6 +41,7 @@ def test_a_deadline_stops_the_runs_and_the_last_pack_holds_their_files(tmp_path)
     polite=$!
     (trap '' TERM; echo started > runs/stubborn.txt; while :; do sleep 0.1; done) &
     stubborn=$!
+    trap 'kill -KILL "$polite" "$stubborn" 2>/dev/null' EXIT  # no orphan if the stop fails
     pack() { lease_pack runs "$OUT/runs.tar.gz"; }
     lease_wait pack "$polite" "$stubborn"
     kill -0 "$polite" 2>/dev/null && echo polite-alive
