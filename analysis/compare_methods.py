@@ -7,8 +7,10 @@ Example (the paper's Table 1 net on MNIST, 10 epochs, 2 seeds)::
 
 Each (method, seed) run is an ordinary ``topo-ep train`` run under ``OUT/<method>_s<seed>``; an
 existing finished run is reused and an interrupted one resumes from its checkpoint. ``--dtype``
-(float32 or float64), ``--limit`` and the ``--set`` options go to every run and must be those the
-runs were started with (a resumed run refuses others); ``--device`` may change between resumes.
+(float32 or float64), ``--limit``, ``--validation`` and the ``--set`` options go to every run and
+must be those the runs were started with (a resumed run refuses others); ``--device`` may change
+between resumes. Runs of ``--validation none`` have no test accuracy at a best validation epoch
+(``-``).
 The report ``OUT/report.md`` (and ``OUT/summary.json``) gives the final-epoch test accuracy,
 the test accuracy at the best validation epoch, the best test accuracy of any epoch (reported
 only because the paper's numbers are best-of-epochs) and the seconds per training epoch.
@@ -45,6 +47,8 @@ def train_command(args: argparse.Namespace, method: str, seed: int, out: Path) -
         command += ["--device", args.device]
     if args.limit is not None:
         command += ["--limit", str(args.limit)]
+    if args.validation != "holdout":
+        command += ["--validation", args.validation]
     if (out / "checkpoint.pt").is_file():
         command.append("--resume")
     for override in args.set:
@@ -61,14 +65,19 @@ def run_one(args: argparse.Namespace, method: str, seed: int, out: Path) -> list
 
 
 def summarise(metrics: list[dict]) -> dict:
-    best_val = max(metrics, key=lambda m: m["val_acc"])
+    validated = [m for m in metrics if m["val_acc"] is not None]
+    best_val = max(validated, key=lambda m: m["val_acc"]) if validated else None
     return {
         "final_test_acc": metrics[-1]["test_acc"],
-        "test_acc_at_best_val": best_val["test_acc"],
+        "test_acc_at_best_val": None if best_val is None else best_val["test_acc"],
         "best_test_acc_any_epoch": max(m["test_acc"] for m in metrics),
         "seconds_per_epoch": statistics.median(m["seconds"] for m in metrics),
         "epochs": len(metrics),
     }
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
 
 
 def parse_run(parser: argparse.ArgumentParser, text: str) -> tuple[str, int]:
@@ -96,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--limit", type=int, default=None, help="at most N training examples (dry runs)"
+    )
+    parser.add_argument(
+        "--validation",
+        choices=("holdout", "none"),
+        default="holdout",
+        help="of every run: topo-ep train --validation (none: all training images)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=["ep", "bp"])
@@ -139,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     for row in rows:
         lines.append(
             f"| {row['method']} | {row['seed']} | {100 * row['final_test_acc']:.2f} | "
-            f"{100 * row['test_acc_at_best_val']:.2f} | "
+            f"{_percent(row['test_acc_at_best_val'])} | "
             f"{100 * row['best_test_acc_any_epoch']:.2f} | {row['seconds_per_epoch']:.1f} |"
         )
     for method in args.methods:

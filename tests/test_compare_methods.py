@@ -4,6 +4,7 @@ float64 control of Table 2), and reuses a finished run."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def test_defaults_are_float32_with_the_device_left_to_train():
     command = compare_methods.train_command(args, "bp", 0, Path("o/bp_s0"))
     assert _option(command, "--dtype") == "float32"
     assert "--device" not in command and "--limit" not in command
+    assert "--validation" not in command  # train's default: the holdout
 
 
 def test_a_float64_run_trains_in_float64_and_is_reused_when_finished(tmp_path):
@@ -64,3 +66,16 @@ def test_a_float64_run_trains_in_float64_and_is_reused_when_finished(tmp_path):
     metrics = (run / "metrics.jsonl").read_text()
     compare_methods.main(argv)  # finished: reused, not trained again
     assert (run / "metrics.jsonl").read_text() == metrics
+
+
+def test_runs_without_validation_are_trained_so_and_tabulated_with_a_dash(tmp_path):
+    out = tmp_path / "out"
+    argv = [str(REPO / "topologies/quickstart.yaml"), "--dataset", "digits", "--epochs", "1"]
+    argv += ["--runs", "bp:0", "--validation", "none", "--limit", "64", "--out", str(out), *TINY]
+    compare_methods.main(argv)
+    config = yaml.safe_load((out / "bp_s0" / "config.yaml").read_text())
+    assert config["run"]["validation"] == "none"
+    (row,) = json.loads((out / "summary.json").read_text())
+    assert row["test_acc_at_best_val"] is None and row["final_test_acc"] is not None
+    (line,) = [x for x in (out / "report.md").read_text().splitlines() if x.startswith("| bp | 0")]
+    assert line.split(" | ")[3] == "-"  # no test accuracy at a best validation epoch

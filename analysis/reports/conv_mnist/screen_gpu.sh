@@ -3,7 +3,8 @@
 # of a screen trains 10 epochs side by side with the others on one CUDA device (one process
 # each); the run folders come back packed in OUT/conv_mnist_screen.tar.gz (every 20 s and at the
 # end; ../lease.sh). Each VARIANT_METHOD_sSEED folder is an ordinary `topo-ep train` run whose
-# config.yaml holds its options, so `compare_methods.py --set ...` tabulates and resumes it.
+# config.yaml holds its options, so `compare_methods.py --set ...` tabulates and resumes it
+# (with `--validation none` for the all_60000 runs).
 #
 #   [SCREEN=collapse|next] bash analysis/reports/conv_mnist/screen_gpu.sh DATA OUT SECONDS_LEFT
 #   DEVICE=cpu EPOCHS=1 LIMIT=256 SCREEN=next bash ...screen_gpu.sh ...   # dry run
