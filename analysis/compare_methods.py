@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from topo_ep.train import best_validation_epoch
+
 
 def read_metrics(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
@@ -65,8 +67,7 @@ def run_one(args: argparse.Namespace, method: str, seed: int, out: Path) -> list
 
 
 def summarise(metrics: list[dict]) -> dict:
-    validated = [m for m in metrics if m["val_acc"] is not None]
-    best_val = max(validated, key=lambda m: m["val_acc"]) if validated else None
+    best_val = best_validation_epoch(metrics)
     return {
         "final_test_acc": metrics[-1]["test_acc"],
         "test_acc_at_best_val": None if best_val is None else best_val["test_acc"],

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from topo_ep.train import best_validation_epoch
+
 #: The nets of Table 2 (``*_float64``: float64 controls of the chain and of res_20x64;
 #: ``res_10x64_fixed``: res_10x64 at the paper's fixed synchronous steps, a control of the
 #: converged phases).
@@ -83,8 +85,7 @@ def read_run(net: str, folder: Path) -> Run | None:
     run = {}
     if config_path.is_file():
         run = yaml.safe_load(config_path.read_text(encoding="utf-8")).get("run", {})
-    validated = [m for m in lines if m["val_acc"] is not None]
-    best_val = max(validated, key=lambda m: m["val_acc"]) if validated else None
+    best_val = best_validation_epoch(lines)
     return Run(
         net=net,
         method=method,

@@ -702,6 +702,13 @@ def format_accuracy(value: float | None) -> str:
     return "n/a (empty split)" if value is None else f"{value:.4f}"
 
 
+def best_validation_epoch(metrics: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The metrics line of the epoch with the highest validation accuracy (the first of equals),
+    or ``None`` when no epoch has one (an empty validation split: ``--validation none``)."""
+    validated = [m for m in metrics if m["val_acc"] is not None]
+    return max(validated, key=lambda m: m["val_acc"]) if validated else None
+
+
 def summary_line(spec: TopologySpec, settings: RunSettings, metrics: list[dict[str, Any]]) -> str:
     """One line with the final and the best test accuracy of a run."""
     if not metrics:
@@ -713,9 +720,9 @@ def summary_line(spec: TopologySpec, settings: RunSettings, metrics: list[dict[s
         f"final test acc {format_accuracy(last['test_acc'])} "
         f"(val {format_accuracy(last['val_acc'])}), "
     )
-    if all(m["val_acc"] is None for m in metrics):
+    best = best_validation_epoch(metrics)
+    if best is None:
         return f"{head}no validation split to pick an epoch on, train time {total:.1f} s"
-    best = max(metrics, key=lambda m: -1.0 if m["val_acc"] is None else m["val_acc"])
     return (
         f"{head}test acc at best val epoch {best['epoch']}: {format_accuracy(best['test_acc'])}, "
         f"train time {total:.1f} s"
