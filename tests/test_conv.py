@@ -180,7 +180,8 @@ def test_the_kernel_is_drawn_from_its_own_generator():
     one = first.weight_of("h1->h2:forward")
     assert isinstance(first.block_of("h1->h2:forward"), ConvBlock)
     torch.testing.assert_close(one, second.weight_of("h1->h2:forward"), rtol=0, atol=0)
-    assert one.abs().max() <= 1 / (4 * 9) ** 0.5 and one.std() > 0.05
+    # Glorot-uniform, the default: fan in C_in k^2 = 36, fan out C_out k^2 = 36
+    assert one.abs().max() <= (6 / (36 + 36)) ** 0.5 and one.std() > 0.05
 
 
 # ---------------------------------------------------------------------------- pooled readout

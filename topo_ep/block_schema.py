@@ -36,7 +36,7 @@ class Placement:
     source_grid, target_grid
         Their arrangements: the declared ``shape``, else ``(size,)``.
     init
-        The edge's ``init`` (``glorot_uniform`` for the readout).
+        The edge's or the readout's ``init``.
     """
 
     source: str
@@ -44,6 +44,17 @@ class Placement:
     source_grid: tuple[int, ...]
     target_grid: tuple[int, ...]
     init: str = "glorot_uniform"
+
+
+def _refuse_identity(check: FieldChecker, where: Placement, what: str, path: tuple) -> None:
+    """Only a dense block has an identity: refuse ``init: identity`` on any other kind."""
+    if where.init == "identity":
+        raise check.error(
+            "invalid-value",
+            f"init: identity needs a dense block; {what} starts from glorot_uniform, "
+            "fan_in_uniform or zeros",
+            path + ("kind",),
+        )
 
 
 #: A kind's option checker: (checker, the block mapping, its path, placement) -> options.
@@ -117,13 +128,7 @@ def sparse_options(
     backend = check.get(
         data, path, "backend", lambda v, p: check.choice(v, p, SPARSE_BACKENDS), "auto"
     )
-    if where.init == "identity":
-        raise check.error(
-            "invalid-value",
-            "init: identity needs a dense block; a sparse block starts from glorot_uniform "
-            "or zeros on its mask",
-            path + ("kind",),
-        )
+    _refuse_identity(check, where, "a sparse block (on its mask)", path)
     if pattern == "random":
         for key in ("radius",):
             if key in data:
@@ -258,13 +263,7 @@ def conv_options(
     stride = check.get(data, path, "stride", setting(1), 1)
     padding = check.get(data, path, "padding", setting(0), 0)
     pool = check.get(data, path, "pool", lambda v, p: _pool(check, v, p), None)
-    if where.init == "identity":
-        raise check.error(
-            "invalid-value",
-            "init: identity needs a dense block; a conv kernel starts from glorot_uniform "
-            "(uniform in +-1/sqrt(fan in)) or zeros",
-            path + ("kind",),
-        )
+    _refuse_identity(check, where, "a conv kernel", path)
     for end, grid in ((where.source, where.source_grid), (where.target, where.target_grid)):
         if len(grid) != 3:
             raise check.error(
@@ -315,13 +314,7 @@ def pooled_options(
     is required. The paper's readout reads max-pool(h2) this way."""
     check.mapping(data, path, ("kind", "pool"), ("pool",), "pooled block mapping")
     pool = check.get(data, path, "pool", lambda v, p: _pool(check, v, p))
-    if where.init == "identity":
-        raise check.error(
-            "invalid-value",
-            "init: identity needs a dense block; a pooled block starts from glorot_uniform "
-            "or zeros",
-            path + ("kind",),
-        )
+    _refuse_identity(check, where, "a pooled block", path)
     if len(where.source_grid) != 3:
         raise check.error(
             "size-mismatch",

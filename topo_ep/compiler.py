@@ -128,14 +128,16 @@ def readout_contexts(
         target_grid=(readout.size,),
         gain=1.0,
         learned=True,
-        init="glorot_uniform",
+        init=readout.init,
         block=readout.block,
         seed=seed,
         dtype=dtype,
     )
     if readout.feedback != "random":
         return weight, None
-    fixed = replace(weight, name=READOUT_FEEDBACK, learned=False, block=BlockSpec())
+    fixed = replace(
+        weight, name=READOUT_FEEDBACK, learned=False, init="glorot_uniform", block=BlockSpec()
+    )
     return weight, fixed
 
 

@@ -17,7 +17,9 @@ INPUT = "input"
 EDGE_KINDS = ("forward", "skip", "feedback")
 FEEDBACK_MODES = ("tied", "random")
 ACTIVATIONS = ("tanh", "hard_sigmoid", "sigmoid", "identity")
-INITS = ("glorot_uniform", "identity", "zeros")
+INITS = ("glorot_uniform", "fan_in_uniform", "identity", "zeros")
+#: The initial values a readout may start from (it has no identity).
+READOUT_INITS = ("glorot_uniform", "fan_in_uniform", "zeros")
 RULES = ("paper", "contrast")
 NUDGINGS = ("one-sided", "symmetric")
 ERROR_MODES = ("held", "reread")
@@ -120,7 +122,8 @@ class ReadoutSpec:
     ``feedback`` selects the matrix B_f that carries the output error into ``source`` during the
     nudged phase: ``tied`` (B_f = W_out^T) or a fixed ``random`` matrix. ``block`` says how
     W_out is stored (a block kind, like an edge's). ``lr`` and ``weight_decay`` override the
-    training's for W_out and the readout bias (``None``: the training's).
+    training's for W_out and the readout bias (``None``: the training's). ``init`` is W_out's
+    initial distribution (:data:`READOUT_INITS`; a random B_f is always Glorot-uniform).
     """
 
     source: str
@@ -130,6 +133,7 @@ class ReadoutSpec:
     block: BlockSpec = BlockSpec()
     lr: float | None = None
     weight_decay: float | None = None
+    init: str = "glorot_uniform"
 
 
 @dataclass(frozen=True)

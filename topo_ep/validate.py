@@ -33,6 +33,7 @@ from topo_ep.spec import (
     NUDGINGS,
     OPTIMIZERS,
     RATE_KEYS,
+    READOUT_INITS,
     RULES,
     BlockSpec,
     DynamicsSpec,
@@ -67,7 +68,7 @@ TOP_KEYS = (
 )
 INPUT_KEYS = ("size", "mean", "std", "shape", "dataset")
 LAYER_KEYS = ("name", "size", "activation", "bias", "shape", "lr", "weight_decay")
-READOUT_KEYS = ("from", "size", "feedback", "bias", "block", "lr", "weight_decay")
+READOUT_KEYS = ("from", "size", "feedback", "bias", "block", "lr", "weight_decay", "init")
 EDGE_KEYS = (
     "source",
     "target",
@@ -263,7 +264,10 @@ def _readout(
             path + ("from",),
         )
     size = check.get(data, path, "size", lambda v, p: check.size(v, p, low=2))
-    where = Placement(source, READOUT, grids[source], (size,))
+    init = check.get(
+        data, path, "init", lambda v, p: check.choice(v, p, READOUT_INITS), "glorot_uniform"
+    )
+    where = Placement(source, READOUT, grids[source], (size,), init)
     lr, decay = _rates(check, data, path)
     return ReadoutSpec(
         source=source,
@@ -277,6 +281,7 @@ def _readout(
         ),
         lr=lr,
         weight_decay=decay,
+        init=init,
     )
 
 

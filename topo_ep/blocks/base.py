@@ -219,7 +219,7 @@ class BlockContext:
     learned
         Whether the block's tensor is an ``nn.Parameter`` (else a buffer).
     init
-        ``glorot_uniform``, ``identity`` or ``zeros``.
+        ``glorot_uniform``, ``fan_in_uniform``, ``identity`` or ``zeros``.
     block
         The declared kind and options.
     seed

@@ -38,16 +38,10 @@ from topo_ep.blocks.base import (
 )
 from topo_ep.blocks.pooling import Pooling, unit_columns
 from topo_ep.errors import TopoEpError
-from topo_ep.initial import tensor_generator
+from topo_ep.initial import tensor_generator, uniform_init
 
 #: Columns of the identity pushed through the block at once by ``dense()``.
 DENSE_CHUNK = 512
-
-
-def kernel_bound(out_channels: int, in_channels: int, kernel: int) -> float:
-    """a = 1 / sqrt(fan in), fan in = C_in k^2: the half-width of the kernel's uniform initial
-    distribution (PyTorch's default for ``nn.Conv2d``, which the paper's authors used)."""
-    return 1.0 / math.sqrt(in_channels * kernel * kernel)
 
 
 def _memory_available() -> int | None:
@@ -107,8 +101,10 @@ class ConvBlock(OwningBlock):
 
     @classmethod
     def build(cls, context: BlockContext) -> ConvBlock:
-        """K uniform in +-:func:`kernel_bound` from the tensor's own generator (drawn in float64,
-        cast to ``context.dtype``), or zeros (``init: zeros``)."""
+        """K (C_out, C_in, k, k) from :func:`~topo_ep.initial.uniform_init` with the tensor's own
+        generator (drawn in float64, cast to ``context.dtype``): zeros, Glorot-uniform (fan in
+        C_in k^2, fan out C_out k^2) or fan-in-uniform (a = 1 / sqrt(C_in k^2), PyTorch's
+        default for ``nn.Conv2d``, which the paper's authors used)."""
         geometry = ConvGeometry.of(
             context.block.options, _image(context.source_grid), context.target_grid[0]
         )
@@ -118,12 +114,11 @@ class ConvBlock(OwningBlock):
                 f"{list(context.source_grid)} onto {list(context.target_grid)}"
             )
         shape = (geometry.output[0], geometry.source[0], geometry.kernel, geometry.kernel)
-        if context.init == "zeros":
-            value = torch.zeros(shape, dtype=torch.float64)
-        else:
-            bound = kernel_bound(shape[0], shape[1], shape[2])
-            generator = tensor_generator(context.seed, context.name)
-            value = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        area = geometry.kernel * geometry.kernel
+        fans = (geometry.source[0] * area, geometry.output[0] * area)
+        value = uniform_init(
+            context.init, shape, fans, tensor_generator(context.seed, context.name)
+        )
         return cls(
             context.source,
             context.target,

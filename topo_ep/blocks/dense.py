@@ -20,7 +20,7 @@ from topo_ep.blocks.base import (
     TiedTranspose,
     register_tensor,
 )
-from topo_ep.initial import glorot_uniform, tensor_generator
+from topo_ep.initial import tensor_generator, uniform_init
 
 
 @BLOCKS.register("dense")
@@ -49,15 +49,15 @@ class DenseBlock(OwningBlock):
 
     @classmethod
     def build(cls, context: BlockContext) -> DenseBlock:
-        """W = I (``init: identity``), 0 (``zeros``) or Glorot-uniform from the tensor's own
+        """W = I (``init: identity``), else :func:`~topo_ep.initial.uniform_init` (zeros,
+        Glorot- or fan-in-uniform, fan in = cols, fan out = rows) from the tensor's own
         generator, drawn in float64 and cast to ``context.dtype``."""
         rows, cols = context.rows, context.cols
         if context.init == "identity":
             value = torch.eye(rows, cols, dtype=torch.float64)
-        elif context.init == "zeros":
-            value = torch.zeros(rows, cols, dtype=torch.float64)
         else:
-            value = glorot_uniform(rows, cols, tensor_generator(context.seed, context.name))
+            generator = tensor_generator(context.seed, context.name)
+            value = uniform_init(context.init, (rows, cols), (cols, rows), generator)
         return cls(
             context.source, context.target, value.to(context.dtype), context.gain, context.learned
         )

@@ -33,7 +33,7 @@ from topo_ep.blocks.base import (
 )
 from topo_ep.blocks.pooling import Pooling
 from topo_ep.errors import TopoEpError
-from topo_ep.initial import glorot_uniform, tensor_generator
+from topo_ep.initial import tensor_generator, uniform_init
 
 
 @BLOCKS.register("pooled")
@@ -72,16 +72,15 @@ class PooledBlock(OwningBlock):
 
     @classmethod
     def build(cls, context: BlockContext) -> PooledBlock:
-        """W Glorot-uniform (rows, pooled size) from the tensor's own generator, or zeros."""
+        """W (rows, pooled size) from :func:`~topo_ep.initial.uniform_init` (``init``: zeros,
+        Glorot- or fan-in-uniform, fan in = the pooled size) with the tensor's own generator."""
         grid = context.source_grid
         pooled = pooled_shape(context.block.options, grid)
         pool = dict(context.block.option("pool"))
         pooling = Pooling(pool["kind"], pool["size"], (grid[0], grid[1], grid[2]), context.source)
         rows, cols = context.rows, math.prod(pooled)
-        if context.init == "zeros":
-            value = torch.zeros(rows, cols, dtype=torch.float64)
-        else:
-            value = glorot_uniform(rows, cols, tensor_generator(context.seed, context.name))
+        generator = tensor_generator(context.seed, context.name)
+        value = uniform_init(context.init, (rows, cols), (cols, rows), generator)
         return cls(
             context.source,
             context.target,

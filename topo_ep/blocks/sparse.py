@@ -43,7 +43,7 @@ from topo_ep.blocks.base import (
 from topo_ep.blocks.dispatch import INSTALL_HINT, Plan, choose_plan
 from topo_ep.blocks.masks import local_mask, local_row_bound, random_mask, row_count
 from topo_ep.errors import TopoEpError
-from topo_ep.initial import glorot_bound, tensor_generator
+from topo_ep.initial import tensor_generator, uniform_init
 
 
 def _import_torch_sparse() -> Any:
@@ -214,12 +214,8 @@ class SparseBlock(OwningBlock):
                 f"the sparse block of {context.name} has no entries: raise the radius of its "
                 "local pattern"
             )
-        if context.init == "zeros":
-            values = torch.zeros(nnz, dtype=torch.float64)
-        else:
-            bound = glorot_bound(nnz / rows, nnz / cols)
-            generator = tensor_generator(context.seed, context.name)
-            values = (torch.rand(nnz, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        generator = tensor_generator(context.seed, context.name)
+        values = uniform_init(context.init, (nnz,), (nnz / rows, nnz / cols), generator)
         return cls(
             context.source,
             context.target,
