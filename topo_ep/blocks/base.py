@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from topo_ep.initial import tensor_generator, uniform_init
 from topo_ep.registry import Registry
 from topo_ep.spec import BlockSpec
 
@@ -241,6 +242,13 @@ class BlockContext:
     block: BlockSpec
     seed: int
     dtype: torch.dtype
+
+    def initial(self, shape: tuple[int, ...], fans: tuple[float, float]) -> Tensor:
+        """The block's initial tensor of ``shape``: :func:`~topo_ep.initial.uniform_init` of
+        ``init`` with the kind's (fan in, fan out), from the tensor's own generator (keyed by
+        (seed, name)), drawn in float64 and cast to ``dtype``."""
+        generator = tensor_generator(self.seed, self.name)
+        return uniform_init(self.init, shape, fans, generator).to(self.dtype)
 
 
 class BlockKind(Block, Protocol):

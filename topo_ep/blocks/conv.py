@@ -38,7 +38,6 @@ from topo_ep.blocks.base import (
 )
 from topo_ep.blocks.pooling import Pooling, unit_columns
 from topo_ep.errors import TopoEpError
-from topo_ep.initial import tensor_generator, uniform_init
 
 #: Columns of the identity pushed through the block at once by ``dense()``.
 DENSE_CHUNK = 512
@@ -116,13 +115,10 @@ class ConvBlock(OwningBlock):
         shape = (geometry.output[0], geometry.source[0], geometry.kernel, geometry.kernel)
         area = geometry.kernel * geometry.kernel
         fans = (geometry.source[0] * area, geometry.output[0] * area)
-        value = uniform_init(
-            context.init, shape, fans, tensor_generator(context.seed, context.name)
-        )
         return cls(
             context.source,
             context.target,
-            value.to(context.dtype),
+            context.initial(shape, fans),
             context.gain,
             geometry,
             context.learned,

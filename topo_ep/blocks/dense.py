@@ -20,7 +20,6 @@ from topo_ep.blocks.base import (
     TiedTranspose,
     register_tensor,
 )
-from topo_ep.initial import tensor_generator, uniform_init
 
 
 @BLOCKS.register("dense")
@@ -54,13 +53,10 @@ class DenseBlock(OwningBlock):
         generator, drawn in float64 and cast to ``context.dtype``."""
         rows, cols = context.rows, context.cols
         if context.init == "identity":
-            value = torch.eye(rows, cols, dtype=torch.float64)
+            value = torch.eye(rows, cols, dtype=context.dtype)
         else:
-            generator = tensor_generator(context.seed, context.name)
-            value = uniform_init(context.init, (rows, cols), (cols, rows), generator)
-        return cls(
-            context.source, context.target, value.to(context.dtype), context.gain, context.learned
-        )
+            value = context.initial((rows, cols), (cols, rows))
+        return cls(context.source, context.target, value, context.gain, context.learned)
 
     @classmethod
     def stored_entries(cls, context: BlockContext) -> int:

@@ -33,7 +33,6 @@ from topo_ep.blocks.base import (
 )
 from topo_ep.blocks.pooling import Pooling
 from topo_ep.errors import TopoEpError
-from topo_ep.initial import tensor_generator, uniform_init
 
 
 @BLOCKS.register("pooled")
@@ -79,12 +78,10 @@ class PooledBlock(OwningBlock):
         pool = dict(context.block.option("pool"))
         pooling = Pooling(pool["kind"], pool["size"], (grid[0], grid[1], grid[2]), context.source)
         rows, cols = context.rows, math.prod(pooled)
-        generator = tensor_generator(context.seed, context.name)
-        value = uniform_init(context.init, (rows, cols), (cols, rows), generator)
         return cls(
             context.source,
             context.target,
-            value.to(context.dtype),
+            context.initial((rows, cols), (cols, rows)),
             context.gain,
             pooling,
             context.learned,

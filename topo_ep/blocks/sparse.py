@@ -43,7 +43,7 @@ from topo_ep.blocks.base import (
 from topo_ep.blocks.dispatch import INSTALL_HINT, Plan, choose_plan
 from topo_ep.blocks.masks import local_mask, local_row_bound, random_mask, row_count
 from topo_ep.errors import TopoEpError
-from topo_ep.initial import tensor_generator, uniform_init
+from topo_ep.initial import tensor_generator
 
 
 def _import_torch_sparse() -> Any:
@@ -214,15 +214,14 @@ class SparseBlock(OwningBlock):
                 f"the sparse block of {context.name} has no entries: raise the radius of its "
                 "local pattern"
             )
-        generator = tensor_generator(context.seed, context.name)
-        values = uniform_init(context.init, (nnz,), (nnz / rows, nnz / cols), generator)
+        values = context.initial((nnz,), (nnz / rows, nnz / cols))
         return cls(
             context.source,
             context.target,
             (rows, cols),
             crow,
             col,
-            values.to(context.dtype),
+            values,
             context.gain,
             context.learned,
             str(options.option("backend", "auto")),
