@@ -68,7 +68,11 @@ from topo_ep.fixed_points import fixed_point_split, settled_states
 from topo_ep.learn.ep import EPPhases, EquilibriumPropagation
 from topo_ep.learn.implicit import implicit_gradients
 from topo_ep.schedules import SCHEDULES
-from topo_ep.spec import ERROR_MODES, NUDGINGS, RULES, TopologySpec
+from topo_ep.spec import NUDGINGS, RULES, TopologySpec
+
+#: The error modes whose nudged phase has a stationary state, so that the EP theorem applies
+#: (``accumulated`` grows its drive at every step: it has none).
+CHECKED_ERRORS = ("reread", "held")
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: The nudge at which ``max_angle`` is the threshold as given.
@@ -124,7 +128,7 @@ class CheckSettings:
         checks = (
             (self.rule in RULES, f"rule must be one of {RULES}"),
             (self.nudging in NUDGINGS, f"nudging must be one of {NUDGINGS}"),
-            (self.error in ERROR_MODES, f"error must be one of {ERROR_MODES}"),
+            (self.error in CHECKED_ERRORS, f"error must be one of {CHECKED_ERRORS}"),
             (self.dtype in DTYPES, f"dtype must be one of {tuple(DTYPES)}"),
             (math.isfinite(self.nudge) and self.nudge > 0, "nudge must be a positive number"),
             (self.batch >= 1, "batch must be >= 1"),

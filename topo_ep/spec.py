@@ -22,7 +22,7 @@ INITS = ("glorot_uniform", "fan_in_uniform", "identity", "zeros")
 READOUT_INITS = ("glorot_uniform", "fan_in_uniform", "zeros")
 RULES = ("paper", "contrast")
 NUDGINGS = ("one-sided", "symmetric")
-ERROR_MODES = ("held", "reread")
+ERROR_MODES = ("held", "reread", "accumulated")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 #: Datasets the loaders know (:func:`topo_ep.data.load_dataset`).

@@ -521,6 +521,23 @@ def _check_warm_start(check: FieldChecker, training: TrainingSpec, dynamics: Dyn
         )
 
 
+def _check_accumulated_error(
+    check: FieldChecker, training: TrainingSpec, dynamics: DynamicsSpec
+) -> None:
+    """``training.error: accumulated`` grows the nudge drive at every step, so the nudged
+    phase has no fixed point to converge to: it needs the fixed step count (a nudged
+    tolerance of 0)."""
+    nudged = dynamics.tolerance if dynamics.nudged_tolerance is None else dynamics.nudged_tolerance
+    if training.error == "accumulated" and nudged > 0:
+        raise check.error(
+            "invalid-value",
+            "accumulated adds the nudge drive once more at every nudged step, so the nudged "
+            f"phase has no fixed point and a nudged tolerance ({nudged:g}) cannot stop it. Set "
+            "dynamics.nudged_tolerance: 0 (exactly nudged_steps) or use error: held",
+            ("training", "error"),
+        )
+
+
 def _feedback_gain(check: FieldChecker, value: Any, edges: Sequence[EdgeSpec]) -> FeedbackGainSpec:
     """``feedback_gain: {spectral_radius: r, every_epoch: false}``: r > 0, and feedback edges
     with a gain other than 0 to scale (the radius is 0 without them: the forward part is
@@ -666,6 +683,7 @@ def spec_from_dict(
         _feedback_gain(check, top["feedback_gain"], edges) if "feedback_gain" in top else None
     )
     _check_warm_start(check, training, dynamics)
+    _check_accumulated_error(check, training, dynamics)
     spec = TopologySpec(
         name=name,
         input=input_spec,

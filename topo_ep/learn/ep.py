@@ -7,8 +7,11 @@ the output error injected into the readout's source layer,
 
 where p = softmax(W_out s_top) and B_f is W_out^T (tied) or a fixed random matrix. By default the
 error is held at its free-phase value (the paper's layered code); ``error: reread`` recomputes
-it from the current state every step. Symmetric nudging runs two nudged phases at +nudge and
--nudge.
+it from the current state every step; ``error: accumulated`` holds it and adds the drive once
+more at every step, so that nudged step t gets t * nudge * (y - p^0) B_f (the authors' graph
+code for the residual and AGT nets, ``models_LN_G.py``; the nudged phase then has no fixed
+point, so it runs exactly ``nudged_steps``). Symmetric nudging runs two nudged phases at +nudge
+and -nudge.
 
 Updates for a learned edge src -> dst with gain g, summed over the batch; ``a`` and ``b`` are
 the nudged and free states (one-sided, factor 1) or the +nudge and -nudge states (symmetric,
@@ -49,6 +52,7 @@ from topo_ep.balance import require_gain_factors
 from topo_ep.blocks import Joined
 from topo_ep.chunks import ChunkRunner
 from topo_ep.compiler import CompiledNetwork
+from topo_ep.errors import TopoEpError
 from topo_ep.engine import (
     Agree,
     ChunkSource,
@@ -125,6 +129,14 @@ class EquilibriumPropagation:
     chunks: ChunkSource | None = field(default=None, compare=False)
     name: str = "ep"
 
+    def __post_init__(self) -> None:
+        if self.error == "accumulated" and self.nudged_phase_tolerance > 0:
+            raise TopoEpError(
+                "error 'accumulated' grows the nudge drive at every nudged step, so the nudged "
+                "phase has no fixed point: it needs a nudged tolerance of 0 (exactly "
+                f"nudged_steps), not {self.nudged_phase_tolerance:g}"
+            )
+
     @classmethod
     def from_spec(cls, spec: TopologySpec) -> EquilibriumPropagation:
         d, t = spec.dynamics, spec.training
@@ -194,18 +206,21 @@ class EquilibriumPropagation:
         head = net.head
         top = net.top
         tolerance = self.nudged_phase_tolerance
+        groups = net.schedule(self.nudged_schedule or self.schedule)
         state_drive: StateDrive | None = None
         nudged_drives = list(drives)
+        held = Joined(None, free[top])
         if self.error == "held":
-            held = Joined(None, free[top])
             nudged_drives[top] = head.nudge(drives[top], target - probabilities, nudge, held)
+        elif self.error == "accumulated":
+            step_drive = nudge * head.feedback_of(target - probabilities, held)
+            state_drive = accumulated_drive(top, step_drive, len(groups))
         else:
 
             def state_drive(state: list[Tensor]) -> dict[int, Tensor]:
                 error = target - net.readout(state)
                 return {top: nudge * head.feedback_of(error, Joined(None, state[top]))}
 
-        groups = net.schedule(self.nudged_schedule or self.schedule)
         return relax(
             net,
             free,
@@ -349,6 +364,27 @@ class EquilibriumPropagation:
         with torch.no_grad():
             free, _ = self.free_phase(net, x)
             return net.readout_logits(free[net.top])
+
+
+def accumulated_drive(top: int, step_drive: Tensor, groups: int) -> StateDrive:
+    """The nudge drive of ``error: accumulated``: at nudged step t (1-based) the top layer gets
+
+        t * nudge * (y - p^0) B_f,
+
+    ``step_drive`` added once more at every step (the authors' graph code adds it to the
+    layer's input drive inside the step loop). :func:`~topo_ep.engine.step` asks a state drive
+    once per group of the schedule, so the step is the call count over ``groups``; every
+    group of a step sees the same t.
+    """
+    calls = 0
+
+    def drive(state: list[Tensor]) -> dict[int, Tensor]:
+        nonlocal calls
+        t = calls // groups + 1
+        calls += 1
+        return {top: step_drive * t}
+
+    return drive
 
 
 def _scaled(delta: Tensor, scale: float) -> Tensor:
