@@ -23,6 +23,8 @@ READOUT_INITS = ("glorot_uniform", "fan_in_uniform", "zeros")
 RULES = ("paper", "contrast")
 NUDGINGS = ("one-sided", "symmetric")
 ERROR_MODES = ("held", "reread", "accumulated")
+#: Which state the readout's EP gradient reads its output error from.
+READOUT_ERRORS = ("free", "nudged")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("constant", "cosine")
 #: Datasets the loaders know (:func:`topo_ep.data.load_dataset`).
@@ -208,6 +210,11 @@ class TrainingSpec:
     ``warm_start`` keeps one free state per training example: the free phase of an example
     starts from its free state of the previous epoch (zero in the first) instead of zero
     (:mod:`topo_ep.warm_start`). It needs converged phases (``dynamics.tolerance`` > 0).
+
+    ``readout_error`` is the output error of the readout's EP gradient
+    outer(p - y, s_top^0) / batch: p of the free state (``free``, the exact cross-entropy
+    gradient) or of the nudged phase's last state (``nudged``, the authors' graph code;
+    one-sided nudging only).
     """
 
     nudge: float = 0.1
@@ -222,6 +229,7 @@ class TrainingSpec:
     epochs: int = 10
     gain_compensated: bool = False
     warm_start: bool = False
+    readout_error: str = "free"
 
 
 @dataclass(frozen=True)

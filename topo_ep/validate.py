@@ -33,6 +33,7 @@ from topo_ep.spec import (
     NUDGINGS,
     OPTIMIZERS,
     RATE_KEYS,
+    READOUT_ERRORS,
     READOUT_INITS,
     RULES,
     BlockSpec,
@@ -109,6 +110,7 @@ TRAINING_KEYS = (
     "epochs",
     "gain_compensated",
     "warm_start",
+    "readout_error",
 )
 
 
@@ -502,6 +504,9 @@ def _training(check: FieldChecker, value: Any) -> TrainingSpec:
             data, path, "gain_compensated", check.boolean, default.gain_compensated
         ),
         warm_start=check.get(data, path, "warm_start", check.boolean, default.warm_start),
+        readout_error=check.get(
+            data, path, "readout_error", _enum(check, READOUT_ERRORS), default.readout_error
+        ),
     )
 
 
@@ -684,6 +689,13 @@ def spec_from_dict(
     )
     _check_warm_start(check, training, dynamics)
     _check_accumulated_error(check, training, dynamics)
+    if training.readout_error == "nudged" and training.nudging != "one-sided":
+        raise check.error(
+            "invalid-value",
+            "nudged reads the output error of the one nudged phase; with "
+            f"nudging: {training.nudging} there are two. Use readout_error: free",
+            ("training", "readout_error"),
+        )
     spec = TopologySpec(
         name=name,
         input=input_spec,

@@ -27,7 +27,9 @@ db = factor * sum_b (a_k - b_k), also summed over each channel's positions for a
 bias (:meth:`~topo_ep.blocks.bias.LayerBias.outer`). The presynaptic state of an input edge is
 the prepared batch (:meth:`~topo_ep.compiler.CompiledNetwork.prepare_input`). The readout gets
 its exact cross-entropy gradient ``W_out.grad = outer(p - y, s_top^0) / batch`` (the readout is
-a block too). This module computes no matrix product of its own.
+a block too); with ``readout_error: nudged`` p is read from the nudged phase's last state
+instead, as the authors' graph code does (not a gradient then). This module computes no
+matrix product of its own.
 
 Gain compensation. On a balanced topology with tied feedback (an energy exists, see
 :func:`topo_ep.balance.gain_factors` and :func:`topo_ep.balance.analyse_balance`) the EP
@@ -52,7 +54,6 @@ from topo_ep.balance import require_gain_factors
 from topo_ep.blocks import Joined
 from topo_ep.chunks import ChunkRunner
 from topo_ep.compiler import CompiledNetwork
-from topo_ep.errors import TopoEpError
 from topo_ep.engine import (
     Agree,
     ChunkSource,
@@ -63,6 +64,7 @@ from topo_ep.engine import (
     free_phase,
     relax,
 )
+from topo_ep.errors import TopoEpError
 from topo_ep.learn.base import BatchResult, Gradients, cross_entropy_and_correct, write_gradients
 from topo_ep.learn.registry import METHODS
 from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
@@ -117,6 +119,7 @@ class EquilibriumPropagation:
     nudging: str = "one-sided"
     rule: str = "paper"
     error: str = "held"
+    readout_error: str = "free"
     schedule: str = "synchronous"
     free_steps: int = 20
     nudged_steps: int = 10
@@ -130,6 +133,8 @@ class EquilibriumPropagation:
     name: str = "ep"
 
     def __post_init__(self) -> None:
+        if self.readout_error == "nudged" and self.nudging != "one-sided":
+            raise TopoEpError("readout_error 'nudged' needs one-sided nudging (one nudged phase)")
         if self.error == "accumulated" and self.nudged_phase_tolerance > 0:
             raise TopoEpError(
                 "error 'accumulated' grows the nudge drive at every nudged step, so the nudged "
@@ -147,6 +152,7 @@ class EquilibriumPropagation:
             nudging=t.nudging,
             rule=t.rule,
             error=t.error,
+            readout_error=t.readout_error,
             schedule=d.schedule,
             free_steps=d.free_steps,
             nudged_steps=d.nudged_steps,
@@ -328,7 +334,10 @@ class EquilibriumPropagation:
         # the updates are this call's own tensors: scaled in place, the bits of delta * scale
         grads = {key: delta.mul_(scale) for key, delta in self.updates(net, phases).items()}
         with torch.no_grad():
-            probabilities = torch.softmax(phases.logits, dim=-1)
+            logits = phases.logits
+            if self.readout_error == "nudged":
+                logits = net.readout_logits(phases.nudged[0][net.top])
+            probabilities = torch.softmax(logits, dim=-1)
             target = torch.nn.functional.one_hot(y, net.spec.readout.size).to(probabilities.dtype)
             error = (probabilities - target) / batch
             top = phases.free[net.top]

@@ -1,4 +1,5 @@
-"""``training.error: accumulated`` (the nudge of the authors' graph code, float64).
+"""``training.error: accumulated`` and ``training.readout_error: nudged``: the nudge and the
+readout update of the authors' graph code, float64.
 
 The authors' code for their residual and AGT nets (``models_LN_G.py``, ``backward_EP``) holds the
 free-phase output error e^0 = y - p(s_top^0) and, inside the nudged step loop, adds
@@ -10,6 +11,10 @@ nudged phase is
 The reference below writes that loop out with :func:`topo_ep.engine.step` and explicit drives;
 the learner must give the same states to the last bit, for the synchronous schedule and for a
 schedule of several groups (where every group of a step sees the same t).
+
+The same code's readout update reads the output error at the nudged phase's last state:
+dW_out = (p(s_top^K) - y)^T s_top^0 / batch, where the exact cross-entropy gradient has
+p(s_top^0).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from topo_ep.errors import TopoEpError, TopologyError
 from topo_ep.gradcheck import CheckSettings
 from topo_ep.learn.ep import EquilibriumPropagation
 from topo_ep.loader import loads_topology
+from topo_ep.params import READOUT_WEIGHT
 
 F64 = torch.float64
 
@@ -123,3 +129,35 @@ def test_accumulated_needs_the_fixed_nudged_step_count():
 def test_check_gradients_refuses_accumulated():
     with pytest.raises(ValueError, match="error must be one of"):
         CheckSettings(error="accumulated")
+
+
+def test_the_readout_can_read_its_error_at_the_nudged_state():
+    net, x, y = setting()
+    settings = {"error": "accumulated", "free_steps": 30, "nudged_steps": 6}
+    free = EquilibriumPropagation(**settings).estimate(net, x, y)
+    nudged = EquilibriumPropagation(readout_error="nudged", **settings).estimate(net, x, y)
+    top = net.top
+    target = torch.nn.functional.one_hot(y, 3).to(F64)
+    for estimate, state in ((free, free.phases.free[top]), (nudged, nudged.phases.nudged[0][top])):
+        error = torch.softmax(net.readout_logits(state), dim=-1) - target
+        expected = error.T @ estimate.phases.free[top] / 7
+        torch.testing.assert_close(estimate.grads[READOUT_WEIGHT], expected, rtol=1e-13, atol=0)
+    assert not torch.allclose(free.grads[READOUT_WEIGHT], nudged.grads[READOUT_WEIGHT])
+    for key, value in free.grads.items():  # every other update is the same
+        if key != READOUT_WEIGHT:
+            torch.testing.assert_close(nudged.grads[key], value, rtol=0, atol=0)
+    assert nudged.result.loss == free.result.loss  # the loss stays the free state's
+
+
+def test_readout_error_nudged_needs_one_nudged_phase():
+    text = TOPOLOGY.replace(
+        "training: {error: accumulated}",
+        "training: {error: accumulated, nudging: symmetric, readout_error: nudged}",
+    )
+    with pytest.raises(TopologyError) as caught:
+        loads_topology(text, filename="res.yaml")
+    assert "res.yaml:" in str(caught.value) and "training.readout_error" in str(caught.value)
+    one_sided = loads_topology(text.replace("nudging: symmetric, ", ""))
+    assert one_sided.training.readout_error == "nudged"
+    with pytest.raises(TopoEpError, match="one-sided"):
+        EquilibriumPropagation(readout_error="nudged", nudging="symmetric")
