@@ -44,8 +44,26 @@ def test_targets_are_judged_on_the_final_epoch_mean_of_finished_runs_only(tmp_pa
     assert rows["res_20x64", "ep"]["finished"] is False
     assert rows["res_20x64", "ep"]["meets_target"] is None
     assert res10["seconds_per_epoch"] == 3.0 and res10["paper_best_of_epochs"] == 97.49
+    assert res10["authors_final"] == 97.35 and rows["res_20x64", "ep"]["authors_final"] == 93.1
     report = (tmp_path / "report.md").read_text()
     assert "| res_20x64 | ep | 0 | 99.00 (1/3 epochs) |" in report
+
+
+def test_the_authors_variants_and_controls_share_the_nets_authors_numbers(tmp_path):
+    _run(tmp_path, "res_10x64_authors", "ep_s0", [0.97])
+    _run(tmp_path, "res_10x64_fixed", "ep_s0", [0.96])
+    _run(tmp_path, "res_10x64", "bp_s0", [0.975])
+    table2_report.write_report(tmp_path, epochs=1)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = {(g["net"], g["method"]): g for g in summary["groups"]}
+    assert rows["res_10x64_authors", "ep"]["authors_final"] == 97.35
+    assert rows["res_10x64_authors", "ep"]["paper_best_of_epochs"] == 97.49
+    assert rows["res_10x64_fixed", "ep"]["authors_final"] == 97.35
+    assert rows["res_10x64", "bp"]["authors_final"] is None  # the notebooks' numbers are EP's
+    assert (
+        "| res_10x64_authors | ep | 0 | 97.00 | 97.00 | 97.00 | 97.49 | 97.35 |"
+        in (tmp_path / "report.md").read_text()
+    )
 
 
 def test_runs_without_a_validation_split_have_no_test_at_best_val(tmp_path):

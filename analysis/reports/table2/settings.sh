@@ -8,6 +8,12 @@
 # since `check-gradients` in float32 finds no EP signal in res_20x64's lowest layers (README.md);
 # res_10x64_fixed, res_10x64 with the file's own dynamics (the paper's synchronous T/K 100/50,
 # no tolerance): a control of the converged phases, which cost fre_2x512 0.2 points.
+# NET_authors (res_10x64_authors, agt_10x64_authors, res_20x64_authors): the net as the
+# authors' graph code trains it (their models_LN_G.py, used by their residual and AGT
+# notebooks): the file's synchronous 10L / 5L steps, the held error's nudge drive added once
+# more at every nudged step (training.error: accumulated) and the readout's error read at the
+# nudged state (training.readout_error: nudged). Outside TABLE2_RUNS: a test of why the
+# table's EP rows miss (progress/README.md).
 
 # Every run of the table, the longest first (what a side-by-side queue should start first):
 # EP cost per epoch on this CPU at the shipped T/K (issue 13): res_20x64 about 185 s, AGT 66 s,
@@ -19,10 +25,12 @@ chain_10x64:ep:1 res_10x64:ep:0 res_10x64:ep:1 agt_10x64:ep:0 agt_10x64:ep:1
 res_20x64:bp:0 res_20x64:bp:1 res_10x64:bp:0 res_10x64:bp:1 agt_10x64:bp:0 agt_10x64:bp:1
 chain_10x64:bp:0 chain_10x64:bp:1"
 TABLE2_NETS="chain_10x64 chain_10x64_float64 res_10x64 res_10x64_fixed res_20x64"
-TABLE2_NETS="$TABLE2_NETS res_20x64_float64 agt_10x64"
+TABLE2_NETS="$TABLE2_NETS res_20x64_float64 agt_10x64 res_10x64_authors agt_10x64_authors"
+TABLE2_NETS="$TABLE2_NETS res_20x64_authors"
 
 table2_topology() {  # table2_topology NET: the topology file
     local net=${1%_float64}
+    net=${net%_authors}
     echo "topologies/${net%_fixed}.yaml"
 }
 
@@ -54,6 +62,8 @@ table2_sets() {
         res_10x64) sets="$sets $converged --set dynamics.tolerance=3e-5 --set dynamics.check_every=5
             --set dynamics.free_steps=1000 --set dynamics.nudged_steps=1000" ;;
         res_10x64_fixed) sets="" ;;  # the file's synchronous 100 + 50 steps
+        *_authors)  # the file's synchronous steps, the authors' graph-code nudge and readout
+            sets="--set training.error=accumulated --set training.readout_error=nudged" ;;
         agt_10x64) sets="$sets $converged --set dynamics.tolerance=1e-4" ;;
         res_20x64 | res_20x64_float64)
             sets="$sets --set dynamics.free_steps=100 --set dynamics.nudged_steps=50" ;;
