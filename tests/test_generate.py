@@ -99,6 +99,20 @@ def test_agt_follows_the_documented_draw_order() -> None:
     assert len(_pairs(spec, "feedback")) == len(feedback), "no duplicate feedback edges"
 
 
+def test_agt_directed_links_add_only_the_drawn_edges() -> None:
+    """links: directed (the authors' AGT): the same draws, a skip without a feedback partner,
+    every drawn downward pair a feedback edge of its own."""
+    spec = _generate(family="agt", depth=8, width=3, probability=0.3, seed=7, links="directed")
+    links = _agt_reference(8, 0.3, 7)
+    assert _pairs(spec, "skip") == [(i, j) for i, j in links if i < j]
+    chain = {(k + 1, k) for k in range(1, 8)}
+    assert set(_pairs(spec, "feedback")) == chain | {(i, j) for i, j in links if i > j}
+    paired = _generate(family="agt", depth=8, width=3, probability=0.3, seed=7)
+    partners_only = {(j, i) for i, j in links if i < j} - {(i, j) for i, j in links if i > j}
+    assert partners_only, "the draw must hold a skip whose reverse pair was not drawn"
+    assert len(paired.edges) - len(spec.edges) == len(partners_only)
+
+
 def test_agt_is_deterministic_and_seed_dependent() -> None:
     first = _generate(family="agt", depth=10, width=4, seed=3)
     again = _generate(family="agt", depth=10, width=4, seed=3)

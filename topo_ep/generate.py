@@ -18,10 +18,12 @@ Families (L = depth):
     Arbitrary graph topology: the chain plus random links. ``random.Random(seed)`` draws one
     number per ordered pair (i, j) of hidden layers with |i - j| > 1, visiting i = 1..L in the
     outer loop and j = 1..L in the inner loop; the pair gets a link when the number is below
-    ``probability``. For i < j the link is a learned skip ``h_i->h_j`` plus a random feedback
-    ``h_j->h_i`` with ``gain``; for i > j it is a random feedback edge ``h_i->h_j`` with
-    ``gain`` (nothing is added when that edge already exists as the partner of skip
-    ``h_j->h_i``). Every feedback matrix is fixed random, so ``feedback`` must be ``random``.
+    ``probability``. For i < j the link is a learned skip ``h_i->h_j``; for i > j it is a
+    random feedback edge ``h_i->h_j`` with ``gain``. ``links: paired`` (the default) gives every
+    skip ``h_i->h_j`` a random feedback partner ``h_j->h_i`` too (and a drawn i > j link that
+    coincides with a partner adds nothing); ``links: directed`` adds only the drawn links, each
+    ordered pair on its own (the authors' AGT notebooks). Every feedback matrix is fixed random,
+    so ``feedback`` must be ``random``.
 
 ``feedback`` (tied or random; default tied, random for agt) applies to every feedback edge and
 is the default of ``readout.feedback``. ``readout`` defaults to ``{from: hL, size: 10}``.
@@ -43,7 +45,13 @@ MAX_DEPTH = 1000
 #: Keys every family accepts.
 COMMON_KEYS = ("family", "depth", "width", "gain", "activation", "feedback")
 #: Keys only one family accepts.
-FAMILY_KEYS = {"chain": (), "residual": ("skip_every",), "agt": ("probability", "seed")}
+FAMILY_KEYS = {
+    "chain": (),
+    "residual": ("skip_every",),
+    "agt": ("probability", "seed", "links"),
+}
+#: How the agt family turns a drawn forward link into edges (see the module docstring).
+AGT_LINKS = ("paired", "directed")
 #: Readout classes when the user gives none.
 DEFAULT_CLASSES = 10
 _PATH = ("generate",)
@@ -96,6 +104,9 @@ def _settings(check: FieldChecker, block: Any) -> dict[str, Any]:
         out["probability"] = check.get(data, _PATH, "probability", _probability(check), 0.2)
         out["seed"] = check.get(
             data, _PATH, "seed", lambda v, p: check.integer(v, p, 0, 2**63 - 1), 0
+        )
+        out["links"] = check.get(
+            data, _PATH, "links", lambda v, p: check.choice(v, p, AGT_LINKS), "paired"
         )
     return out
 
@@ -156,8 +167,9 @@ def generate_edges(settings: Mapping[str, Any], most: int = MAX_EDGES) -> list[d
                     raise TooManyEdges
                 if i < j:
                     edges.append(_forward(names[i], names[j], "skip"))
-                    edges.append(_feedback(names[j], names[i], gain, "random"))
-                    present.add((names[j], names[i], "feedback"))
+                    if settings["links"] == "paired":
+                        edges.append(_feedback(names[j], names[i], gain, "random"))
+                        present.add((names[j], names[i], "feedback"))
                 elif (names[i], names[j], "feedback") not in present:
                     edges.append(_feedback(names[i], names[j], gain, "random"))
                     present.add((names[i], names[j], "feedback"))
