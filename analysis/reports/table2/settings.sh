@@ -12,8 +12,9 @@
 # authors' graph code trains it (their models_LN_G.py, used by their residual and AGT
 # notebooks): the file's synchronous 10L / 5L steps, the held error's nudge drive added once
 # more at every nudged step (training.error: accumulated) and the readout's error read at the
-# nudged state (training.readout_error: nudged). Outside TABLE2_RUNS: a test of why the
-# table's EP rows miss (progress/README.md).
+# nudged state (training.readout_error: nudged); for AGT also their graph rule (generate.links:
+# directed, on the file's seed). Outside TABLE2_RUNS: a test of why the table's EP rows miss
+# (progress/README.md).
 
 # Every run of the table, the longest first (what a side-by-side queue should start first):
 # EP cost per epoch on this CPU at the shipped T/K (issue 13): res_20x64 about 185 s, AGT 66 s,
@@ -62,6 +63,9 @@ table2_sets() {
         res_10x64) sets="$sets $converged --set dynamics.tolerance=3e-5 --set dynamics.check_every=5
             --set dynamics.free_steps=1000 --set dynamics.nudged_steps=1000" ;;
         res_10x64_fixed) sets="" ;;  # the file's synchronous 100 + 50 steps
+        agt_10x64_authors)  # and the authors' AGT links: every ordered pair on its own draw
+            sets="--set training.error=accumulated --set training.readout_error=nudged
+                --set generate.links=directed" ;;
         *_authors)  # the file's synchronous steps, the authors' graph-code nudge and readout
             sets="--set training.error=accumulated --set training.readout_error=nudged" ;;
         agt_10x64) sets="$sets $converged --set dynamics.tolerance=1e-4" ;;
