@@ -109,14 +109,19 @@ def test_one_accumulated_step_is_the_held_nudge_and_more_steps_are_not():
     assert accumulated > 3 * held  # by the last step the drive is 12 nudges
 
 
+def refusal(text: str) -> str:
+    """The message of the TopologyError that loading ``text`` as res.yaml raises."""
+    with pytest.raises(TopologyError) as caught:
+        loads_topology(text, filename="res.yaml")
+    return str(caught.value)
+
+
 def test_accumulated_needs_the_fixed_nudged_step_count():
     text = TOPOLOGY.replace(
         "training: {error: accumulated}",
         "dynamics: {tolerance: 1e-6}\ntraining: {error: accumulated}",
     )
-    with pytest.raises(TopologyError) as caught:
-        loads_topology(text, filename="res.yaml")
-    message = str(caught.value)
+    message = refusal(text)
     assert "res.yaml:" in message and "training.error" in message
     assert "nudged_tolerance: 0" in message
     fixed = text.replace("tolerance: 1e-6}", "tolerance: 1e-6, nudged_tolerance: 0}")
@@ -154,9 +159,8 @@ def test_readout_error_nudged_needs_one_nudged_phase():
         "training: {error: accumulated}",
         "training: {error: accumulated, nudging: symmetric, readout_error: nudged}",
     )
-    with pytest.raises(TopologyError) as caught:
-        loads_topology(text, filename="res.yaml")
-    assert "res.yaml:" in str(caught.value) and "training.readout_error" in str(caught.value)
+    message = refusal(text)
+    assert "res.yaml:" in message and "training.readout_error" in message
     one_sided = loads_topology(text.replace("nudging: symmetric, ", ""))
     assert one_sided.training.readout_error == "nudged"
     with pytest.raises(TopoEpError, match="one-sided"):
