@@ -121,7 +121,7 @@ def _dynamics(spec: TopologySpec) -> dict[str, Any]:
         "free_steps": d.free_steps,
         "nudged_steps": d.nudged_steps,
         "tolerance": d.tolerance,
-        "nudged_tolerance": d.tolerance if d.nudged_tolerance is None else d.nudged_tolerance,
+        "nudged_tolerance": d.nudged_phase_tolerance,
         "check_every": d.check_every,
         "execution": d.execution,
         "nudging": spec.training.nudging,

@@ -197,6 +197,11 @@ class DynamicsSpec:
     nudged_tolerance: float | None = None
     execution: str = "eager"
 
+    @property
+    def nudged_phase_tolerance(self) -> float:
+        """The nudged phases' tolerance: ``nudged_tolerance``, else ``tolerance``."""
+        return self.tolerance if self.nudged_tolerance is None else self.nudged_tolerance
+
 
 @dataclass(frozen=True)
 class TrainingSpec:

@@ -568,14 +568,13 @@ class Trainer:
 
     def _warn_unconverged(self, epoch: int, totals: EpochTotals) -> None:
         d = self.spec.dynamics
-        nudged = d.tolerance if d.nudged_tolerance is None else d.nudged_tolerance
-        if self.settings.method != "ep" or max(d.tolerance, nudged) <= 0:
+        if self.settings.method != "ep" or max(d.tolerance, d.nudged_phase_tolerance) <= 0:
             return
         if totals.unconverged:
             warnings.warn(
                 f"epoch {epoch}: {totals.unconverged} of {totals.batches} batches reached a "
                 f"step limit before converging (tolerance {d.tolerance:g}, nudged phase "
-                f"{nudged:g}; bounded non-convergence, training goes on)",
+                f"{d.nudged_phase_tolerance:g}; bounded non-convergence, training goes on)",
                 RuntimeWarning,
                 stacklevel=2,
             )

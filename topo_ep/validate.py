@@ -532,7 +532,7 @@ def _check_accumulated_error(
     """``training.error: accumulated`` grows the nudge drive at every step, so the nudged
     phase has no fixed point to converge to: it needs the fixed step count (a nudged
     tolerance of 0)."""
-    nudged = dynamics.tolerance if dynamics.nudged_tolerance is None else dynamics.nudged_tolerance
+    nudged = dynamics.nudged_phase_tolerance
     if training.error == "accumulated" and nudged > 0:
         raise check.error(
             "invalid-value",

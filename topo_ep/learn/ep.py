@@ -380,18 +380,20 @@ def accumulated_drive(top: int, step_drive: Tensor, groups: int) -> StateDrive:
 
         t * nudge * (y - p^0) B_f,
 
-    ``step_drive`` added once more at every step (the authors' graph code adds it to the
-    layer's input drive inside the step loop). :func:`~topo_ep.engine.step` asks a state drive
-    once per group of the schedule, so the step is the call count over ``groups``; every
-    group of a step sees the same t.
+    summed as the authors' graph code sums it: ``step_drive`` added once more at the start of
+    every step (one new tensor per step). :func:`~topo_ep.engine.step` asks a state drive once
+    per group of the schedule, so a step starts every ``groups`` calls; every group of a step
+    sees the same sum.
     """
     calls = 0
+    total = torch.zeros_like(step_drive)
 
     def drive(state: list[Tensor]) -> dict[int, Tensor]:
-        nonlocal calls
-        t = calls // groups + 1
+        nonlocal calls, total
+        if calls % groups == 0:
+            total = total + step_drive
         calls += 1
-        return {top: step_drive * t}
+        return {top: total}
 
     return drive
 
