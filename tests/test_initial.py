@@ -1,11 +1,13 @@
 """Initial distributions (``init:`` on an edge and on the readout), in float64: the same uniform
 draw u for every bound, so a Glorot-uniform and a fan-in-uniform tensor of one seed differ by
 the ratio of their half-widths exactly; the fan counts of every block kind; the readout's
-``init`` and its refusal of ``identity``; the shipped conv net's kernels drawn as before.
+``init`` and its refusal of ``identity``; the shipped conv net's kernels drawn as before; a
+bias's ``bias_init`` (PyTorch's default bound for the weights it joins) and its refusals.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -13,8 +15,9 @@ import torch
 
 from topo_ep.compiler import compile_topology
 from topo_ep.errors import TopologyError
+from topo_ep.graph_io import from_graph, to_graph
 from topo_ep.initial import tensor_generator, uniform_init
-from topo_ep.loader import load_topology, loads_topology
+from topo_ep.loader import dump_topology, load_topology, loads_topology
 
 TOPOLOGY = """
 name: inits
@@ -135,3 +138,110 @@ def test_the_shipped_conv_net_draws_its_kernels_uniform_in_one_over_root_fan_in(
         u = torch.rand(shape, generator=tensor_generator(3, key), dtype=torch.float64)
         expected = (u * 2 - 1) * (1 / math.sqrt(shape[1] * 25))
         assert torch.equal(net.weight_of(key), expected), key
+
+
+def biased(bias_init: str, seed: int = 4):
+    """TOPOLOGY with a bias on every layer and on the readout, all drawn by ``bias_init``."""
+    text = TOPOLOGY.replace("INIT_READOUT", f"bias: true, bias_init: {bias_init}")
+    text = text.replace("INIT", "glorot_uniform")
+    for layer in ("h1", "h2", "h3"):
+        text = text.replace(
+            f"{{name: {layer},", f"{{name: {layer}, bias: true, bias_init: {bias_init},"
+        )
+    return compile_topology(loads_topology(text), seed=seed, dtype=torch.float64)
+
+
+def test_a_fan_in_uniform_bias_is_pytorchs_default_for_the_weights_it_joins():
+    """b = (2 u - 1) / sqrt(fan in), u from the bias's own generator: the fan in of a conv
+    (C_in k^2), of a pooled block (the pooled size), of two edges into one layer (summed: a
+    dense edge's columns and a sparse block's mean row count), and of W_out for the readout."""
+    net = biased("fan_in_uniform")
+    mask_entries = net.weight_of("h2->h3:skip").numel()
+    fans = {"bias:h1": 2 * 9, "bias:h2": 3 * 2 * 2, "bias:h3": 12 + mask_entries / 9}
+    drawn = {f"bias:{name}": value for name, value in net.biases.items()}
+    drawn["readout:bias"] = net.readout_bias
+    fans["readout:bias"] = 9
+    shapes = {"bias:h1": (3,), "bias:h2": (12,), "bias:h3": (9,), "readout:bias": (5,)}
+    assert set(drawn) == set(fans)
+    for name, fan_in in fans.items():
+        u = torch.rand(shapes[name], generator=tensor_generator(4, name), dtype=torch.float64)
+        torch.testing.assert_close(drawn[name], (u * 2 - 1) / math.sqrt(fan_in), msg=name)
+    zeros = biased("zeros")
+    assert not any(value.any() for value in zeros.biases.values())
+    assert not zeros.readout_bias.any()
+    for key in ("input->h1:forward", "h2->h3:skip"):  # the weights do not change
+        assert torch.equal(zeros.weight_of(key), net.weight_of(key))
+
+
+@pytest.mark.parametrize(
+    "layers, readout, where, why",
+    [
+        (
+            "{name: h1, size: 4, bias_init: fan_in_uniform}",
+            "{from: h1, size: 3}",
+            "m.yaml:4:",
+            "layers[0].bias_init",
+        ),
+        (
+            "{name: h1, size: 4}",
+            "{from: h1, size: 3, bias_init: fan_in_uniform}",
+            "m.yaml:5:",
+            "readout.bias_init",
+        ),
+    ],
+)
+def test_bias_init_without_a_bias_is_refused_naming_the_line_and_field(layers, readout, where, why):
+    text = f"""name: m
+input: {{size: 6}}
+layers:
+  - {layers}
+readout: {readout}
+edges:
+  - {{source: input, target: h1}}
+"""
+    with pytest.raises(TopologyError) as caught:
+        loads_topology(text, filename="m.yaml")
+    message = str(caught.value)
+    assert where in message and why in message and "bias: true" in message
+
+
+def test_a_fan_in_uniform_bias_needs_an_edge_that_feeds_the_layer():
+    text = """name: m
+input: {size: 6}
+layers:
+  - {name: h1, size: 4}
+  - {name: h2, size: 4, bias: true, bias_init: fan_in_uniform}
+readout: {from: h1, size: 3}
+edges:
+  - {source: input, target: h1}
+  - {source: h2, target: h1, kind: feedback, feedback: random}
+"""
+    with pytest.raises(TopologyError) as caught:
+        loads_topology(text, filename="m.yaml")
+    message = str(caught.value)
+    assert "m.yaml:5:" in message and "layers[1].bias_init" in message
+    assert "forward and skip edges into 'h2'" in message
+    loads_topology(text.replace("bias_init: fan_in_uniform", "bias_init: zeros"))
+
+
+def test_declared_initial_values_survive_the_yaml_and_graph_round_trips():
+    """``bias_init`` (layers, readout) and the readout's ``init`` come back from the YAML dump
+    and from networkx; at their defaults they are left out of the mapping, as before they
+    existed (so older runs' config.yaml files compare equal on --resume)."""
+    text = TOPOLOGY.replace(
+        "INIT_READOUT", "init: fan_in_uniform, bias: true, bias_init: fan_in_uniform"
+    ).replace("INIT", "glorot_uniform")
+    spec = loads_topology(
+        text.replace("{name: h1,", "{name: h1, bias: true, bias_init: fan_in_uniform,")
+    )
+    assert spec.layer("h1").bias_init == "fan_in_uniform"
+    assert loads_topology(dump_topology(spec)) == spec
+    back = from_graph(
+        to_graph(spec),
+        dynamics=dataclasses.asdict(spec.dynamics),
+        training=dataclasses.asdict(spec.training),
+    )
+    assert back == spec
+    default = TOPOLOGY.replace("INIT_READOUT", "bias: true").replace("INIT", "zeros")
+    plain = loads_topology(default.replace("{name: h1,", "{name: h1, bias: true,")).to_dict()
+    assert "bias_init" not in plain["readout"] and "bias_init" not in plain["layers"][0]

@@ -48,7 +48,7 @@ from topo_ep.gain_radius import (
     solve_feedback_scale,
 )
 from topo_ep.graph import feedforward_order
-from topo_ep.initial import glorot_uniform, tensor_generator
+from topo_ep.initial import glorot_uniform, initial_bias, tensor_generator
 from topo_ep.layout import Layout
 from topo_ep.params import READOUT_BIAS, READOUT_WEIGHT, ParamKey
 from topo_ep.schedules import SCHEDULES
@@ -284,9 +284,20 @@ class CompiledNetwork(nn.Module):
         # Registration order fixes the order of parameters() (and of an optimizer's state):
         # W_out, the readout bias, the edges' tensors in declaration order, the hidden biases.
         weight_context, feedback_context = readout_contexts(spec, seed, dtype)
+        readout_block = BLOCKS.get(weight_context.block.kind).build(weight_context)
+        readout_bias = None
+        if spec.readout.bias:
+            readout_bias = initial_bias(
+                spec.readout.bias_init,
+                (spec.readout.size,),
+                readout_block.fan_in,
+                seed,
+                str(READOUT_BIAS),
+                dtype,
+            )
         self.head = ReadoutHead(
-            BLOCKS.get(weight_context.block.kind).build(weight_context),
-            torch.zeros(spec.readout.size, dtype=dtype) if spec.readout.bias else None,
+            readout_block,
+            readout_bias,
             BLOCKS.get("dense").build(feedback_context) if feedback_context else None,
         )
         #: The blocks that own tensors, by tensor name (the edge key, ``.`` replaced).
@@ -304,8 +315,22 @@ class CompiledNetwork(nn.Module):
             bindings[edge.key] = EdgeBinding(edge, name, edge.learned, -1)
         for layer in spec.layers:
             if layer.bias:
-                shape = bias_shape(layer.grid)
-                self.biases[layer.name] = nn.Parameter(torch.zeros(shape, dtype=dtype))
+                fan_in = sum(
+                    self.edges[binding.tensor].fan_in
+                    for binding in bindings.values()
+                    if binding.edge.target == layer.name
+                    and binding.edge.kind != "feedback"
+                    and binding.tensor is not None
+                )
+                value = initial_bias(
+                    layer.bias_init,
+                    bias_shape(layer.grid),
+                    fan_in,
+                    seed,
+                    str(ParamKey.bias(layer.name)),
+                    dtype,
+                )
+                self.biases[layer.name] = nn.Parameter(value)
         # Declaration order of edges fixes the block order.
         self.bindings: dict[str, EdgeBinding] = {
             edge.key: bindings[edge.key] for edge in spec.edges

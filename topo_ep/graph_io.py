@@ -31,12 +31,13 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
 
     Nodes: ``"input"`` (``size``, ``mean``, ``std``, ``dataset``), each hidden layer
     (``size``, ``activation``, ``bias``) and ``"readout"`` (``size``, ``bias``, ``feedback``);
-    every node has a ``role`` of ``input``, ``hidden`` or ``readout``, and a ``shape`` (list)
-    where one is declared. Edges are keyed by kind and carry ``gain``, ``feedback``,
-    ``learned`` and ``init``, and ``block`` (the YAML mapping) where it is not the plain dense
-    block; the readout edge has key ``"readout"`` (its ``block`` likewise). ``graph.graph``
-    holds ``name``, ``description``, ``origin`` and ``edge_order`` (the ``(source, target,
-    kind)`` of every edge in declaration order, which :func:`from_graph` restores).
+    every node has a ``role`` of ``input``, ``hidden`` or ``readout``, and a ``shape`` (list),
+    ``lr``, ``weight_decay``, ``bias_init`` and (the readout) ``init`` where one is declared.
+    Edges are keyed by kind and carry ``gain``, ``feedback``, ``learned`` and ``init``, and
+    ``block`` (the YAML mapping) where it is not the plain dense block; the readout edge has
+    key ``"readout"`` (its ``block`` likewise). ``graph.graph`` holds ``name``,
+    ``description``, ``origin`` and ``edge_order`` (the ``(source, target, kind)`` of every
+    edge in declaration order, which :func:`from_graph` restores).
     """
     result = nx.MultiDiGraph(
         name=spec.name,
@@ -64,7 +65,7 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
         )
         if layer.shape is not None:
             result.nodes[layer.name]["shape"] = list(layer.shape)
-        result.nodes[layer.name].update(_rates_set(layer))
+        result.nodes[layer.name].update(_rates_set(layer), **_inits_set(layer))
     readout = spec.readout
     result.add_node(
         READOUT,
@@ -73,6 +74,7 @@ def to_graph(spec: TopologySpec) -> nx.MultiDiGraph:
         bias=readout.bias,
         feedback=readout.feedback,
         **_rates_set(readout),
+        **_inits_set(readout),
     )
     for edge in spec.edges:
         result.add_edge(
@@ -96,6 +98,15 @@ def _rates_set(item: EdgeSpec | LayerSpec | ReadoutSpec) -> dict[str, float]:
     omitted)."""
     values = {key: getattr(item, key) for key in RATE_KEYS}
     return {key: value for key, value in values.items() if value is not None}
+
+
+def _inits_set(item: LayerSpec | ReadoutSpec) -> dict[str, str]:
+    """The initial distributions that ``item`` declares (the defaults omitted): a layer's or
+    the readout's ``bias_init``, the readout's ``init``."""
+    declared = {"bias_init": (item.bias_init, "zeros")}
+    if isinstance(item, ReadoutSpec):
+        declared["init"] = (item.init, "glorot_uniform")
+    return {key: value for key, (value, default) in declared.items() if value != default}
 
 
 def _node_dict(attrs: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -148,13 +159,18 @@ def from_graph(
         if attrs.get("dataset") is not None:
             data["input"]["dataset"] = attrs["dataset"]
     data["layers"] = [
-        {"name": node, **_node_dict(attrs, ("size", "activation", "bias", "shape", *RATE_KEYS))}
+        {
+            "name": node,
+            **_node_dict(attrs, ("size", "activation", "bias", "bias_init", "shape", *RATE_KEYS)),
+        }
         for node, attrs in graph.nodes(data=True)
         if node not in (INPUT, READOUT)
     ]
     edges: list[dict[str, Any]] = []
     if READOUT in graph.nodes:
-        readout = _node_dict(graph.nodes[READOUT], ("size", "feedback", "bias", *RATE_KEYS))
+        readout = _node_dict(
+            graph.nodes[READOUT], ("size", "feedback", "bias", "bias_init", "init", *RATE_KEYS)
+        )
         sources = list(graph.predecessors(READOUT))
         if len(sources) == 1:
             readout = {"from": sources[0], **readout}

@@ -81,3 +81,19 @@ def uniform_init(
 def glorot_uniform(rows: int, cols: int, generator: torch.Generator) -> Tensor:
     """U(-a, a) with a = sqrt(6 / (rows + cols)), drawn in float64 on the CPU."""
     return uniform_init("glorot_uniform", (rows, cols), (cols, rows), generator)
+
+
+def initial_bias(
+    init: str,
+    shape: tuple[int, ...],
+    fan_in: float,
+    seed: int,
+    name: str,
+    dtype: torch.dtype,
+) -> Tensor:
+    """A bias's initial values: ``zeros``, or ``fan_in_uniform``, U(-a, a) with
+    a = 1 / sqrt(fan_in), PyTorch's default for the bias of an ``nn.Linear`` or ``nn.Conv2d``
+    whose weight has that fan in; drawn in float64 from the generator of (``seed``, ``name``)
+    (:func:`tensor_generator`) and cast to ``dtype``."""
+    generator = tensor_generator(seed, name)
+    return uniform_init(init, shape, (fan_in, 1.0), generator).to(dtype)

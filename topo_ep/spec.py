@@ -20,6 +20,9 @@ ACTIVATIONS = ("tanh", "hard_sigmoid", "sigmoid", "identity")
 INITS = ("glorot_uniform", "fan_in_uniform", "identity", "zeros")
 #: The initial values a readout may start from (it has no identity).
 READOUT_INITS = ("glorot_uniform", "fan_in_uniform", "zeros")
+#: The initial values a bias may start from: zero, or PyTorch's default for the bias of an
+#: ``nn.Linear`` / ``nn.Conv2d``, U(-a, a) with a = 1 / sqrt(fan in of the weights it joins).
+BIAS_INITS = ("zeros", "fan_in_uniform")
 RULES = ("paper", "contrast")
 NUDGINGS = ("one-sided", "symmetric")
 ERROR_MODES = ("held", "reread", "accumulated")
@@ -100,7 +103,9 @@ class LayerSpec:
     the units on a grid (``(32, 32)`` for 1024 units, row-major; ``None``: a line of ``size``)
     for blocks that need a geometry, such as sparse ``local`` wiring. ``lr`` and
     ``weight_decay`` override ``training.lr`` and ``training.weight_decay`` for the bias
-    (``None``: the training's); they need ``bias``.
+    (``None``: the training's); they need ``bias``. ``bias_init`` is the bias's initial
+    distribution (:data:`BIAS_INITS`; ``fan_in_uniform`` takes the fan in of the layer's
+    forward and skip edges, summed).
     """
 
     name: str
@@ -110,6 +115,7 @@ class LayerSpec:
     shape: tuple[int, ...] | None = None
     lr: float | None = None
     weight_decay: float | None = None
+    bias_init: str = "zeros"
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -125,7 +131,8 @@ class ReadoutSpec:
     nudged phase: ``tied`` (B_f = W_out^T) or a fixed ``random`` matrix. ``block`` says how
     W_out is stored (a block kind, like an edge's). ``lr`` and ``weight_decay`` override the
     training's for W_out and the readout bias (``None``: the training's). ``init`` is W_out's
-    initial distribution (:data:`READOUT_INITS`; a random B_f is always Glorot-uniform).
+    initial distribution (:data:`READOUT_INITS`; a random B_f is always Glorot-uniform), and
+    ``bias_init`` the bias's (:data:`BIAS_INITS`; ``fan_in_uniform``: the fan in of W_out).
     """
 
     source: str
@@ -136,6 +143,7 @@ class ReadoutSpec:
     lr: float | None = None
     weight_decay: float | None = None
     init: str = "glorot_uniform"
+    bias_init: str = "zeros"
 
 
 @dataclass(frozen=True)
@@ -328,11 +336,13 @@ class TopologySpec:
             else:
                 item["shape"] = list(layer.shape)
             _drop_unset_rates(item)
+            _drop_default_bias_init(item)
             out["layers"].append(item)
         readout = asdict(self.readout)
         readout["from"] = readout.pop("source")
         _block_to_dict(readout, self.readout.block)
         _drop_unset_rates(readout)
+        _drop_default_bias_init(readout)
         out["readout"] = readout
         edges = []
         for edge in self.edges:
@@ -369,6 +379,13 @@ def _drop_unset_rates(item: dict[str, Any]) -> None:
     for key in RATE_KEYS:
         if item.get(key, 0) is None:
             del item[key]
+
+
+def _drop_default_bias_init(item: dict[str, Any]) -> None:
+    """Drop ``bias_init`` of ``item`` when it is the default (zeros), so that a topology
+    without it writes the same mapping as before it existed (and resumes its runs)."""
+    if item.get("bias_init") == "zeros":
+        del item["bias_init"]
 
 
 def _option_to_plain(value: Any) -> Any:

@@ -23,6 +23,7 @@ from topo_ep.fields import MAX_EDGES, MAX_LAYERS, MAX_SIZE, FieldChecker, show_v
 from topo_ep.schedules import SCHEDULES
 from topo_ep.spec import (
     ACTIVATIONS,
+    BIAS_INITS,
     DATASETS,
     EDGE_KINDS,
     ERROR_MODES,
@@ -68,8 +69,18 @@ TOP_KEYS = (
     "origin",
 )
 INPUT_KEYS = ("size", "mean", "std", "shape", "dataset")
-LAYER_KEYS = ("name", "size", "activation", "bias", "shape", "lr", "weight_decay")
-READOUT_KEYS = ("from", "size", "feedback", "bias", "block", "lr", "weight_decay", "init")
+LAYER_KEYS = ("name", "size", "activation", "bias", "bias_init", "shape", "lr", "weight_decay")
+READOUT_KEYS = (
+    "from",
+    "size",
+    "feedback",
+    "bias",
+    "bias_init",
+    "block",
+    "lr",
+    "weight_decay",
+    "init",
+)
 EDGE_KEYS = (
     "source",
     "target",
@@ -226,6 +237,7 @@ def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
         seen[name] = index
         size, shape = _size_and_shape(check, data, here)
         bias = check.get(data, here, "bias", check.boolean, False)
+        bias_init = _bias_init(check, data, here, bias)
         lr, decay = _rates(check, data, here)
         if not bias:
             _refuse_rates(
@@ -247,9 +259,40 @@ def _layers(check: FieldChecker, value: Any) -> tuple[LayerSpec, ...]:
                 shape=shape,
                 lr=lr,
                 weight_decay=decay,
+                bias_init=bias_init,
             )
         )
     return tuple(layers)
+
+
+def _bias_init(check: FieldChecker, data: Mapping[str, Any], path: tuple, bias: bool) -> str:
+    """``bias_init`` of a layer or the readout (:data:`BIAS_INITS`), refused without a bias."""
+    init = check.get(data, path, "bias_init", lambda v, p: check.choice(v, p, BIAS_INITS), "zeros")
+    if "bias_init" in data and not bias:
+        raise check.error(
+            "invalid-value",
+            "'bias_init' sets the initial values of a bias, and there is none here "
+            "(bias: false); add 'bias: true'",
+            path + ("bias_init",),
+            True,
+        )
+    return init
+
+
+def _check_bias_fan_in(
+    check: FieldChecker, layers: Sequence[LayerSpec], edges: Sequence[EdgeSpec]
+) -> None:
+    """A layer's ``bias_init: fan_in_uniform`` takes the fan in of the forward and skip edges
+    into it: refused on a layer that has none (it is fed by feedback only)."""
+    fed = {edge.target for edge in edges if edge.kind != "feedback"}
+    for index, layer in enumerate(layers):
+        if layer.bias_init == "fan_in_uniform" and layer.name not in fed:
+            raise check.error(
+                "invalid-value",
+                f"fan_in_uniform takes the fan in of the forward and skip edges into "
+                f"'{layer.name}', and it has none; use bias_init: zeros",
+                ("layers", index, "bias_init"),
+            )
 
 
 def _readout(
@@ -271,13 +314,15 @@ def _readout(
     )
     where = Placement(source, READOUT, grids[source], (size,), init)
     lr, decay = _rates(check, data, path)
+    bias = check.get(data, path, "bias", check.boolean, False)
     return ReadoutSpec(
         source=source,
         size=size,
         feedback=check.get(
             data, path, "feedback", lambda v, p: check.choice(v, p, FEEDBACK_MODES), "tied"
         ),
-        bias=check.get(data, path, "bias", check.boolean, False),
+        bias=bias,
+        bias_init=_bias_init(check, data, path, bias),
         block=check.get(
             data, path, "block", lambda v, p: parse_block(check, v, p, where), BlockSpec()
         ),
@@ -682,6 +727,7 @@ def spec_from_dict(
     readout = _readout(check, top["readout"], names, grids)
     sizes = {INPUT: input_spec.size, **{layer.name: layer.size for layer in layers}}
     edges = _edges(check, top["edges"], sizes, grids)
+    _check_bias_fan_in(check, layers, edges)
     dynamics = _dynamics(check, top.get("dynamics", {})) if "dynamics" in top else DynamicsSpec()
     training = _training(check, top["training"]) if "training" in top else TrainingSpec()
     feedback_gain = (

@@ -256,11 +256,16 @@ class BlockKind(Block, Protocol):
 
     ``build(context)`` creates and initialises the block; ``stored_entries(context)`` is the
     number of values it will store (checked against the memory before anything is allocated);
-    ``transpose(source, target, gain)`` is the tied feedback it offers (see :class:`Block`).
+    ``transpose(source, target, gain)`` is the tied feedback it offers (see :class:`Block`);
+    ``fan_in`` the number of source values one target unit sums (the fan in of its ``init``;
+    a bias's ``fan_in_uniform`` takes it too).
     """
 
     @classmethod
     def build(cls, context: BlockContext) -> BlockKind: ...
+
+    @property
+    def fan_in(self) -> float: ...
 
     @classmethod
     def stored_entries(cls, context: BlockContext) -> int: ...

@@ -135,6 +135,11 @@ class ConvBlock(OwningBlock):
         """K."""
         return self.weight
 
+    @property
+    def fan_in(self) -> float:
+        """The source values one output position sums: C_in k^2."""
+        return float(self.geometry.source[0] * self.geometry.kernel**2)
+
     # ------------------------------------------------------------------ maps without the gain
     def forward_map(self, x: Tensor, scale: float = 1.0) -> Tensor:
         """scale * conv_K(P x) for x (batch, C_in H W), flat (batch, C_out H_o W_o) (the scale

@@ -68,6 +68,11 @@ class DenseBlock(OwningBlock):
         """W."""
         return self.weight
 
+    @property
+    def fan_in(self) -> float:
+        """The source units one target unit sums: cols."""
+        return float(self.weight.shape[1])
+
     def accumulate(
         self, acc: Tensor, x: Tensor, scale: float = 1.0, joined: Joined | None = None
     ) -> Tensor:

@@ -97,6 +97,11 @@ class PooledBlock(OwningBlock):
         """W."""
         return self.weight
 
+    @property
+    def fan_in(self) -> float:
+        """The pooled source values one target unit sums: the pooled size (W's columns)."""
+        return float(self.weight.shape[1])
+
     # ------------------------------------------------------------------ pooling, flat
     def pooled(self, x: Tensor) -> Tensor:
         """P x, flat (batch, pooled size)."""

@@ -280,6 +280,11 @@ class SparseBlock(OwningBlock):
         return self.values
 
     @property
+    def fan_in(self) -> float:
+        """The mean number of source units one target unit sums: nnz / rows (its init's)."""
+        return self.values.numel() / self.size[0]
+
+    @property
     def nnz(self) -> int:
         return int(self.col_indices.numel())
 

@@ -4,7 +4,7 @@
 # each); the run folders come back packed in OUT/conv_mnist_screen.tar.gz (every 20 s and at the
 # end; ../lease.sh). Each VARIANT_METHOD_sSEED folder is an ordinary `topo-ep train` run whose
 # config.yaml holds its options, so `compare_methods.py --set ...` tabulates and resumes it
-# (with `--validation none` for the all_60000 runs).
+# (with `--validation none` for runs trained without a validation split).
 #
 #   [SCREEN=collapse|next] bash analysis/reports/conv_mnist/screen_gpu.sh DATA OUT SECONDS_LEFT
 #   DEVICE=cpu EPOCHS=1 LIMIT=256 SCREEN=next bash ...screen_gpu.sh ...   # dry run
@@ -15,15 +15,22 @@
 # before the runs: the highest mean final-epoch VALIDATION accuracy over the two EP seeds; the
 # test split only reported. It chose the symmetric nudge, shipped since.
 #
-# SCREEN=next (prepared for the next lease): the shipped settings on two more seeds (2 and 3:
-# how far apart seeds land, against the check's 98.60 / 98.76 % on seeds 0 and 1); a cosine
-# learning-rate schedule over the 10 epochs on seeds 0 and 1 (chosen over the shipped constant
-# rates only by the rule above, against their validation 98.54 / 98.84 % of the collapse
-# screen); the readout initialised as PyTorch's nn.Linear (readout.init: fan_in_uniform, half-width
-# 1/sqrt(1024) = 0.031 against Glorot's 0.076; the nudge enters h2 through the readout's
-# transpose), seeds 0 and 1, chosen by the same rule; and the shipped settings trained on all 60 000 training images (`--validation none`,
-# the authors' protocol: their 98.94 / 98.95 % at epoch 10), EP seeds 0 and 1 and BP seed 0,
-# test only.
+# SCREEN=next (prepared for the next lease; revised 2026-11-30 after reading the authors'
+# notebook CNN_EP_MNIST in full): the authors ran 5 runs at each feedback gain 0.01, 0.1 and 1.
+# Their 98.94 / 98.95 % at epoch 10 (the issue's target) and the paper's 99.15 % are the gain
+# 0.01 runs; at gain 0.1, the one topo-ep ships, 3 of their 5 one-sided runs collapse to chance
+# and a 4th is unstable, as ours did; at gain 1 none learns. Their net also starts its conv and
+# readout biases as PyTorch's defaults, U(+-1/sqrt(fan in)) (ours: zero), has a learned readout
+# bias (ours: none) and an nn.Linear readout (fan-in-uniform; ours: Glorot). Variants, EP on
+# seeds 0 and 1 unless said:
+#   shipped (seeds 2 and 3): how far apart seeds land, against the check's 98.60 / 98.76 %;
+#   authors: the authors' net and nudge: gain 0.01, one-sided, their initial values and readout
+#     bias (readout.init, readout.bias, *.bias_init: fan_in_uniform); also BP on seed 0;
+#   authors_symmetric: the same with the shipped symmetric nudge;
+#   gain_0.01_symmetric: the shipped settings at gain 0.01.
+# Choice rule, fixed before the runs: the highest mean final-epoch VALIDATION accuracy over the
+# two EP seeds, shipped in conv_mnist.yaml only if it beats the shipped settings' 98.69 %; the
+# test split only reported.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../lease.sh
@@ -54,10 +61,16 @@ case $SCREEN in
             symmetric:ep:0 symmetric:ep:1 symmetric_rates_half:ep:0 symmetric_rates_half:ep:1
             gain_0.01:ep:0 gain_0.01:ep:1 rates_half:bp:0 rates_quarter:bp:0" ;;
     next)
-        VARIANT=([shipped]="" [cosine]="--set training.lr_schedule=cosine"
-            [readout_fan_in]="--set readout.init=fan_in_uniform" [all_60000]="--validation none")
-        LAUNCHES="shipped:ep:2 shipped:ep:3 cosine:ep:0 cosine:ep:1 readout_fan_in:ep:0
-            readout_fan_in:ep:1 all_60000:ep:0 all_60000:ep:1 all_60000:bp:0" ;;
+        authors_init="--set readout.init=fan_in_uniform --set readout.bias=true
+            --set readout.bias_init=fan_in_uniform --set layers.h1.bias_init=fan_in_uniform
+            --set layers.h2.bias_init=fan_in_uniform --set feedback_gain=0.01"
+        VARIANT=([shipped]=""
+            [authors]="$authors_init --set training.nudging=one-sided"
+            [authors_symmetric]="$authors_init"
+            [gain_0.01_symmetric]="--set feedback_gain=0.01")
+        LAUNCHES="shipped:ep:2 shipped:ep:3 authors:ep:0 authors:ep:1 authors:bp:0
+            authors_symmetric:ep:0 authors_symmetric:ep:1 gain_0.01_symmetric:ep:0
+            gain_0.01_symmetric:ep:1" ;;
     *) echo "SCREEN=$SCREEN: expected collapse or next" >&2; exit 2 ;;
 esac
 echo "start $(date -Is), screen $SCREEN, device $DEVICE, $EPOCHS epochs, deadline in $3 s" >"$LOG"
