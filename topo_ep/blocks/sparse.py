@@ -282,7 +282,7 @@ class SparseBlock(OwningBlock):
     @property
     def fan_in(self) -> float:
         """The mean number of source units one target unit sums: nnz / rows (its init's)."""
-        return self.values.numel() / self.size[0]
+        return self.nnz / self.size[0]
 
     @property
     def nnz(self) -> int:
