@@ -6,7 +6,8 @@ Example (the paper's Table 1 net on MNIST, 10 epochs, 2 seeds)::
         --data-dir ../shared/data/mnist --epochs 10 --seeds 0 1 --out analysis/reports/fre_2x512
 
 Each (method, seed) run is an ordinary ``topo-ep train`` run under ``OUT/<method>_s<seed>``; an
-existing finished run is reused and an interrupted one resumes from its checkpoint. ``--dtype``
+existing finished run is reused and an interrupted one resumes from its checkpoint (or from the
+epoch in progress, with ``--checkpoint-minutes``). ``--dtype``
 (float32 or float64), ``--limit``, ``--validation`` and the ``--set`` options go to every run and
 must be those the runs were started with (a resumed run refuses others); ``--device`` may change
 between resumes. Runs of ``--validation none`` have no test accuracy at a best validation epoch
@@ -25,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from topo_ep.rundir import RESUMABLE
 from topo_ep.train import best_validation_epoch
 
 
@@ -51,7 +53,9 @@ def train_command(args: argparse.Namespace, method: str, seed: int, out: Path) -
         command += ["--limit", str(args.limit)]
     if args.validation != "holdout":
         command += ["--validation", args.validation]
-    if (out / "checkpoint.pt").is_file():
+    if args.checkpoint_minutes is not None:
+        command += ["--checkpoint-minutes", str(args.checkpoint_minutes)]
+    if any((out / name).is_file() for name in RESUMABLE):
         command.append("--resume")
     for override in args.set:
         command += ["--set", override]
@@ -112,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("holdout", "none"),
         default="holdout",
         help="of every run: topo-ep train --validation (none: all training images)",
+    )
+    parser.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=None,
+        help="of every run: also save the epoch in progress every M minutes (long epochs)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--methods", nargs="+", default=["ep", "bp"])

@@ -20,7 +20,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "topo_ep"
 #: learner -> analysis, and the command line sits on top.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # vocabulary: no behaviour beyond plain data and tensors
-    ("", "errors", "spec", "layout", "activations", "params", "initial", "testhooks", "interrupts"),
+    (
+        "",
+        "errors",
+        "spec",
+        "layout",
+        "activations",
+        "params",
+        "initial",
+        "testhooks",
+        "interrupts",
+        "partial_epoch",
+    ),
     # reading and writing files
     ("yaml_source", "fields", "registry", "cifar", "data", "checkpoint", "rundir"),
     # questions about the declared graph

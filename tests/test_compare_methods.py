@@ -49,6 +49,19 @@ def test_defaults_are_float32_with_the_device_left_to_train():
     assert _option(command, "--dtype") == "float32"
     assert "--device" not in command and "--limit" not in command
     assert "--validation" not in command  # train's default: the holdout
+    assert "--checkpoint-minutes" not in command
+
+
+def test_checkpoint_minutes_go_to_every_run_and_a_mid_epoch_checkpoint_is_resumed(tmp_path):
+    args = compare_methods.build_parser().parse_args(
+        ["t.yaml", "--out", "o", "--checkpoint-minutes", "7.5"]
+    )
+    run = tmp_path / "ep_s0"
+    command = compare_methods.train_command(args, "ep", 0, run)
+    assert _option(command, "--checkpoint-minutes") == "7.5" and "--resume" not in command
+    run.mkdir()
+    (run / "checkpoint.partial.pt").write_bytes(b"")  # a run killed in its first epoch
+    assert "--resume" in compare_methods.train_command(args, "ep", 0, run)
 
 
 def test_a_float64_run_trains_in_float64_and_is_reused_when_finished(tmp_path):

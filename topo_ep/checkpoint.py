@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from topo_ep.errors import CheckpointError
+from topo_ep.partial_epoch import PARTIAL_NAME, check_partial_entry
 from topo_ep.testhooks import pause_point
 
 #: The payload format written by :class:`topo_ep.train.Trainer`.
@@ -180,9 +181,11 @@ def check_payload(payload: Any, source: str | os.PathLike) -> None:
     (integer >= 1) and ``method`` (a method's name; the caller that builds it checks the
     learning-method registry). Checked when present: ``format``,
     ``settings`` (each of :data:`SETTING_TYPES`), ``optimizer`` (``state`` and
-    ``param_groups``), ``metrics`` (one record per epoch, 1 to ``epoch``), ``versions`` and
-    ``feedback_scale`` (the scale of the feedback gains of a topology with a target radius) and
-    ``warm_states`` (the warm starts of ``training.warm_start``: examples x hidden units).
+    ``param_groups``), ``metrics`` (one record per finished epoch, 1 to ``epoch``), ``versions``,
+    ``feedback_scale`` (the scale of the feedback gains of a topology with a target radius),
+    ``warm_states`` (the warm starts of ``training.warm_start``: examples x hidden units) and
+    ``partial`` (a mid-epoch checkpoint, :mod:`topo_ep.partial_epoch`: ``epoch`` is then the
+    epoch in progress and ``metrics`` holds the epochs before it).
 
     Raises
     ------
@@ -214,8 +217,10 @@ def check_payload(payload: Any, source: str | os.PathLike) -> None:
         _check_settings(payload["settings"], method, where)
     if "optimizer" in payload:
         _check_optimizer(payload["optimizer"], where)
+    if "partial" in payload:
+        check_partial_entry(payload["partial"], where)
     if "metrics" in payload:
-        _check_metrics(payload["metrics"], epoch, where)
+        _check_metrics(payload["metrics"], epoch - ("partial" in payload), where)
     if "versions" in payload and not isinstance(payload["versions"], dict):
         raise _bad(where, "versions", "a mapping", payload["versions"])
     states = payload.get("warm_states")
@@ -275,13 +280,13 @@ def _check_optimizer(optimizer: Any, where: Path) -> None:
             )
 
 
-def _check_metrics(metrics: Any, epoch: int, where: Path) -> None:
+def _check_metrics(metrics: Any, finished: int, where: Path) -> None:
     if not isinstance(metrics, list):
         raise _bad(where, "metrics", "a list of records, one per epoch", metrics)
-    if len(metrics) != epoch:
+    if len(metrics) != finished:
         raise CheckpointError(
             f"{where}: not a valid topo-ep checkpoint: field 'metrics' holds {len(metrics)} "
-            f"records but 'epoch' is {epoch}"
+            f"records but {finished} epochs are finished"
         )
     for index, record in enumerate(metrics):
         field = f"metrics[{index}]"
@@ -295,6 +300,35 @@ def _check_metrics(metrics: Any, epoch: int, where: Path) -> None:
         for key in _METRIC_OPTIONAL:
             if key in record and record[key] is not None and not _is_number(record[key]):
                 raise _bad(where, f"{field}.{key}", "a number or null", record[key])
+
+
+def choose_resume_payload(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint that ``--resume`` continues from, and its payload.
+
+    ``path`` names a run directory or a checkpoint file. A file is read as it is. In a run
+    directory, ``checkpoint.partial.pt`` is chosen when it holds a later epoch than
+    ``checkpoint.pt`` (or there is no ``checkpoint.pt``: a run stopped in its first epoch);
+    otherwise it is a stale leftover of an epoch that ``checkpoint.pt`` already holds whole
+    (the trainer removes it when that run's next epoch ends), and ``checkpoint.pt`` is chosen.
+
+    Raises
+    ------
+    CheckpointError
+        When neither file exists, or the chosen one cannot be read or is not a checkpoint.
+    """
+    directory = Path(path)
+    partial = directory / PARTIAL_NAME
+    if not directory.is_dir() or not partial.is_file():
+        source = checkpoint_file(path)
+        return source, load_checkpoint(source)
+    whole = directory / "checkpoint.pt"
+    mid = load_checkpoint(partial)
+    if not whole.exists():
+        return partial, mid
+    payload = load_checkpoint(whole)
+    if "partial" in mid and mid["epoch"] > payload["epoch"]:
+        return partial, mid
+    return whole, payload
 
 
 def non_finite_tensors(model: dict[str, torch.Tensor]) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -43,6 +44,9 @@ TRAIN_EPILOG = """run directories (--out):
   --data-dir, the number of data-parallel ranks and dynamics.execution.
   An epoch is saved whole, checkpoint first, then its metrics line; Ctrl-C (exit 130) or
   SIGTERM (exit 143) abandons the epoch in progress and leaves no temporary file.
+  --checkpoint-minutes M also saves the epoch in progress to OUT/checkpoint.partial.pt every
+  M minutes (one process only), and --resume then goes on from the batch it reached, with the
+  same result as an uninterrupted run; the file is removed when the epoch ends.
   Weights that become NaN or infinite stop the run with exit code 1 before they are saved.
 
 data-parallel training (torchrun):
@@ -70,6 +74,16 @@ def _non_negative_int(text: str) -> int:
     value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
 
 
@@ -272,6 +286,7 @@ def _train_locked(
         log=say,
         lock=lock,
         parallel=parallel,
+        checkpoint_minutes=args.checkpoint_minutes,
     )
     if args.resume:
         resume_on_every_rank(trainer, args.out)
@@ -574,6 +589,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "gloo", "nccl"),
         default="auto",
         help="under torchrun: the torch.distributed backend (auto: nccl on CUDA, gloo on the CPU)",
+    )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=_non_negative_float,
+        default=None,
+        metavar="M",
+        help="also save the epoch in progress every M minutes (OUT/checkpoint.partial.pt; 0: "
+        "after every batch), so that --resume loses at most M minutes (default: whole epochs)",
     )
     p.add_argument(
         "--track-flow",

@@ -26,9 +26,18 @@ from pathlib import Path
 from types import TracebackType
 
 from topo_ep.errors import TopoEpError
+from topo_ep.partial_epoch import PARTIAL_NAME
 
 #: Files a training run writes into its directory.
-RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", "flow.jsonl")
+RUN_FILES = (
+    "checkpoint.pt",
+    PARTIAL_NAME,
+    "config.yaml",
+    "metrics.jsonl",
+    "flow.jsonl",
+)
+#: The checkpoints that ``--resume`` can continue from (a finished epoch, the epoch in progress).
+RESUMABLE = ("checkpoint.pt", PARTIAL_NAME)
 #: The lock file of a run directory (removed when the lock is released).
 LOCK_NAME = ".topo-ep.lock"
 #: Prefix of the file :func:`ensure_output_dir` creates and removes to probe a directory.
@@ -246,7 +255,7 @@ def _holds_nothing(entry: Path) -> bool:
     if entry.is_symlink() or not entry.is_file():
         return False
     if entry.name == "config.yaml":
-        return not (entry.parent / "checkpoint.pt").exists()
+        return not any((entry.parent / name).exists() for name in RESUMABLE)
     return entry.name == "metrics.jsonl" and entry.stat().st_size == 0
 
 
@@ -274,7 +283,8 @@ def prepare_run_dir(directory: Path, resume: bool, overwrite: bool) -> Path | No
     directory
         The run directory; the caller holds its :class:`RunLock`.
     resume
-        Continue the run it holds: its ``checkpoint.pt`` must be a regular file.
+        Continue the run it holds: its ``checkpoint.pt`` or ``checkpoint.partial.pt`` (the
+        epoch in progress, :mod:`topo_ep.partial_epoch`) must be a regular file.
     overwrite
         Start a new run: move whatever run it holds aside first (see :func:`move_aside`).
 
@@ -301,7 +311,7 @@ def prepare_run_dir(directory: Path, resume: bool, overwrite: bool) -> Path | No
                         f"{path} is {_kind(mode)}, not a regular file; this is not a run "
                         "that can be resumed"
                     )
-        if not (directory / "checkpoint.pt").is_file():
+        if not any((directory / name).is_file() for name in RESUMABLE):
             held = f" (it holds {_listing(entries)})" if entries else ""
             raise RunDirError(
                 f"--resume: {directory} has no checkpoint.pt to continue from{held}; "

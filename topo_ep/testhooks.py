@@ -15,6 +15,8 @@ Without the variable nothing happens. The points:
     after the checkpoint of an epoch, before its line is appended to ``metrics.jsonl``;
 ``after-epoch``
     after an epoch is committed (checkpoint and metrics);
+``after-partial``
+    after a mid-epoch checkpoint of the epoch is written (``--checkpoint-minutes``);
 ``resumed``
     after ``--resume`` has loaded the checkpoint, before the first epoch (EPOCH: the next one).
 """

@@ -8,10 +8,13 @@ A run directory holds
 - ``config.yaml``: the fully resolved topology, the run settings and the package versions
   (and ``data_parallel``: the ranks and backend of a torchrun launch);
 - ``checkpoint.pt``: model, optimizer and metrics after the last finished epoch (and the
-  warm starts, ``warm_states``, of a run with ``training.warm_start``), written atomically.
+  warm starts, ``warm_states``, of a run with ``training.warm_start``), written atomically;
+- ``checkpoint.partial.pt``, with ``checkpoint_minutes``: the epoch in progress, saved every so
+  many minutes and removed when the epoch ends (:mod:`topo_ep.partial_epoch`).
 
 The shuffling order of epoch e comes from a generator seeded with (seed, e) alone, so a run
-resumed from its checkpoint ends bit-identical to an uninterrupted one on the CPU.
+resumed from its checkpoint, or from the middle of an epoch, ends bit-identical to an
+uninterrupted one on the CPU.
 
 An epoch is committed whole: its checkpoint first, then its metrics line, with Ctrl-C and
 SIGTERM held back meanwhile (:func:`topo_ep.interrupts.signals_deferred`). A kill between the
@@ -25,6 +28,7 @@ the end of each epoch: a run whose loss or weights became non-finite stops with
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import platform
@@ -39,7 +43,7 @@ import torch
 import yaml
 
 from topo_ep import __version__
-from topo_ep.checkpoint import check_finite, load_checkpoint, save_atomic
+from topo_ep.checkpoint import check_finite, choose_resume_payload, save_atomic
 from topo_ep.compiler import CompiledNetwork, compile_topology
 from topo_ep.data import Dataset, Split, iterate_batches, iterate_indexed_batches
 from topo_ep.distributed import DataParallel, with_agreement
@@ -53,6 +57,7 @@ from topo_ep.param_groups import (
     param_groups,
     schedule_factor,
 )
+from topo_ep.partial_epoch import PARTIAL_NAME, PartialEpoch
 from topo_ep.precision_check import (
     CHECK_EXAMPLES,
     disagreeing,
@@ -266,6 +271,39 @@ class EpochTotals:
     free_steps: int = 0
     nudged_steps: int = 0
     unconverged: int = 0
+    #: Training seconds of the epoch: those of an earlier process (a mid-epoch checkpoint's)
+    #: while the pass runs, the whole epoch's when it ends.
+    seconds: float = 0.0
+
+    @classmethod
+    def start(cls, device: torch.device, resumed: PartialEpoch | None = None) -> EpochTotals:
+        """Zero sums, or those of a mid-epoch checkpoint."""
+        if resumed is None:
+            resumed = PartialEpoch(0, 0.0, 0, 0, 0, 0, 0, 0.0)
+        return cls(
+            loss=torch.tensor(resumed.loss, dtype=torch.float64, device=device),
+            correct=torch.tensor(resumed.correct, dtype=torch.int64, device=device),
+            examples=resumed.examples,
+            batches=resumed.batches,
+            free_steps=resumed.free_steps,
+            nudged_steps=resumed.nudged_steps,
+            unconverged=resumed.unconverged,
+            seconds=resumed.seconds,
+        )
+
+    def partial(self, seconds: float, warm_filled: bool | None) -> PartialEpoch:
+        """The sums as a mid-epoch checkpoint's entry, after ``seconds`` of this process."""
+        return PartialEpoch(
+            batches=self.batches,
+            loss=float(self.loss),
+            correct=int(self.correct),
+            examples=self.examples,
+            free_steps=int(self.free_steps),
+            nudged_steps=int(self.nudged_steps),
+            unconverged=int(self.unconverged),
+            seconds=self.seconds + seconds,
+            warm_filled=warm_filled,
+        )
 
 
 class Trainer:
@@ -291,6 +329,11 @@ class Trainer:
         The ranks of a data-parallel run (:mod:`topo_ep.distributed`): each rank trains on its
         shard of every batch, the gradients are combined before each step, the metrics reduced,
         and rank 0 alone writes ``out_dir``. Default: a single process.
+    checkpoint_minutes
+        Also save the epoch in progress to ``out_dir/checkpoint.partial.pt`` whenever this many
+        minutes have passed since the last save (checked after each batch; 0: after every
+        batch), so that a killed run resumes mid-epoch (:mod:`topo_ep.partial_epoch`). ``None``
+        (default): only whole epochs are saved. One process only.
     """
 
     def __init__(
@@ -303,6 +346,7 @@ class Trainer:
         log: Callable[[str], None] = print,
         lock: RunLock | None = None,
         parallel: DataParallel | None = None,
+        checkpoint_minutes: float | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -315,6 +359,21 @@ class Trainer:
         torch.manual_seed(settings.seed)
         self.net = compile_topology(spec, seed=settings.seed, dtype=self.dtype, device=self.device)
         self.parallel = parallel if parallel is not None else DataParallel.single()
+        if checkpoint_minutes is not None and not (
+            math.isfinite(checkpoint_minutes) and checkpoint_minutes >= 0
+        ):
+            raise TopoEpError(
+                f"checkpoint minutes must be a finite number >= 0, got {checkpoint_minutes!r}"
+            )
+        if checkpoint_minutes is not None and self.parallel.distributed:
+            raise TopoEpError(
+                "--checkpoint-minutes saves the epoch in progress of one process; a data-parallel "
+                "run saves whole epochs (launch without torchrun, or drop --checkpoint-minutes)"
+            )
+        #: Seconds between mid-epoch checkpoints, or ``None``.
+        self.checkpoint_seconds = None if checkpoint_minutes is None else 60.0 * checkpoint_minutes
+        #: The epoch in progress that :meth:`resume` read from a mid-epoch checkpoint.
+        self.resumed_partial: PartialEpoch | None = None
         self.method = with_agreement(
             make_method(settings.method, self.net.spec), self.parallel.agreement
         )
@@ -392,7 +451,7 @@ class Trainer:
             non-finite weights or weights and optimizer state that do not fit the network, or
             was written with other settings (each one named; see :func:`resume_differences`).
         """
-        payload = load_checkpoint(path)
+        path, payload = choose_resume_payload(path)
         for needed in ("optimizer", "metrics"):
             if needed not in payload:
                 raise CheckpointError(f"{path}: the checkpoint has no {needed!r}; cannot resume")
@@ -431,6 +490,26 @@ class Trainer:
             self.warm_starts.load_state_dict(payload["warm_states"], str(path))
         self.metrics = list(payload["metrics"])
         self.start_epoch = int(payload["epoch"]) + 1
+        if "partial" in payload:
+            self._resume_partial(PartialEpoch.from_entry(payload["partial"], path), path)
+
+    def _resume_partial(self, partial: PartialEpoch, path: str | Path) -> None:
+        """Continue inside the epoch of a mid-epoch checkpoint (its ``epoch``)."""
+        if self.parallel.distributed:
+            raise CheckpointError(
+                f"{path} holds epoch {self.start_epoch - 1} after {partial.batches} batches, "
+                "saved by one process; resume it without torchrun, or delete that file to "
+                "restart the epoch from checkpoint.pt"
+            )
+        if self.warm_starts is not None:
+            if partial.warm_filled is None:
+                raise CheckpointError(
+                    f"{path}: the mid-epoch checkpoint does not say whether the warm starts "
+                    "were filled ('partial.warm_filled'), but training.warm_start is on"
+                )
+            self.warm_starts.filled = partial.warm_filled
+        self.start_epoch -= 1
+        self.resumed_partial = partial
 
     def _check_optimizer_state(self, path: str | Path) -> None:
         """Every tensor of the loaded optimizer state has its parameter's shape (or is a
@@ -453,16 +532,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
     def train_epoch(self, epoch: int) -> EpochTotals:
-        """One pass over the training split; returns the running sums."""
+        """One pass over the training split (or its rest, after a mid-epoch checkpoint of this
+        epoch); returns the running sums."""
         from tqdm.auto import tqdm
 
+        started = time.perf_counter()
         net, split = self.net, self.dataset.train
         batch_size = self.spec.training.batch_size
-        totals = EpochTotals(
-            loss=torch.zeros((), dtype=torch.float64, device=self.device),
-            correct=torch.zeros((), dtype=torch.int64, device=self.device),
-        )
         n_batches = math.ceil(len(split.y) / batch_size)
+        resumed, self.resumed_partial = self.resumed_partial, None
+        if resumed is not None and resumed.batches > n_batches:
+            raise CheckpointError(
+                f"the mid-epoch checkpoint of epoch {epoch} has {resumed.batches} batches done, "
+                f"but an epoch here has {n_batches}"
+            )
+        totals = EpochTotals.start(self.device, resumed)
+        last_saved = started
         factor = schedule_factor(self.spec, epoch, self.settings.epochs)
         for group, base in zip(self.optimizer.param_groups, self.param_groups, strict=True):
             group["lr"] = base.lr * factor
@@ -472,12 +557,15 @@ class Trainer:
         # the weights themselves are checked once, at the end of the epoch
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         warm = self.warm_starts
-        batches = iterate_indexed_batches(
-            split, batch_size, epoch_generator(self.settings.seed, epoch)
+        batches = itertools.islice(
+            iterate_indexed_batches(split, batch_size, epoch_generator(self.settings.seed, epoch)),
+            totals.batches,
+            None,
         )
         bar = tqdm(
             batches,
             total=n_batches,
+            initial=totals.batches,
             desc=f"epoch {epoch}/{self.settings.epochs} [{self.settings.method}]",
             disable=not self.progress,
             leave=False,
@@ -529,13 +617,30 @@ class Trainer:
             totals.free_steps += result.free_steps
             totals.nudged_steps += result.nudged_steps
             totals.unconverged += not result.converged
+            due = self.checkpoint_seconds is not None and totals.batches < n_batches
+            if due and time.perf_counter() - last_saved >= self.checkpoint_seconds:
+                if not bool(finite) or not _all_finite(params):
+                    raise self._non_finite_error(epoch, rates)
+                filled = None if warm is None else warm.filled
+                self._save_partial(epoch, totals.partial(time.perf_counter() - started, filled))
+                last_saved = time.perf_counter()
         bar.close()
         if warm is not None:
             warm.end_epoch(self.parallel.sum_over_ranks if self.parallel.distributed else None)
         finite = self.parallel.reduce_totals(totals, finite, params)
         if not bool(finite) or not _all_finite(params):
             raise self._non_finite_error(epoch, rates)
+        totals.seconds += time.perf_counter() - started
         return totals
+
+    def _save_partial(self, epoch: int, partial: PartialEpoch) -> None:
+        """Write ``checkpoint.partial.pt``: this epoch so far (see :mod:`topo_ep.partial_epoch`)."""
+        if self.out_dir is None:
+            return
+        payload = {**self.checkpoint_payload(epoch), "partial": partial.to_entry()}
+        with signals_deferred():
+            save_atomic(payload, self.out_dir / PARTIAL_NAME)
+        pause_point("after-partial", epoch)
 
     def _rates_text(self, factor: float) -> str:
         """The learning rates of an epoch at schedule factor ``factor``, for messages:
@@ -551,6 +656,15 @@ class Trainer:
         """What the run directory holds when epoch ``epoch`` fails."""
         if self.out_dir is None:
             return "Nothing was written."
+        partial = self.out_dir / PARTIAL_NAME
+        if partial.exists():
+            whole = (
+                f"; {self.out_dir / 'checkpoint.pt'} holds epoch {epoch - 1}" if epoch > 1 else ""
+            )
+            return (
+                f"{partial} holds epoch {epoch} as of its last mid-epoch save (before the "
+                f"failure){whole}."
+            )
         if epoch > 1:
             return (
                 f"Nothing of epoch {epoch} was written; {self.out_dir / 'checkpoint.pt'} holds "
@@ -618,6 +732,8 @@ class Trainer:
         lock.acquire()
         try:
             remove_stale_temps(self.out_dir)
+            if self.resumed_partial is None:  # a leftover of an epoch checkpoint.pt holds whole
+                (self.out_dir / PARTIAL_NAME).unlink(missing_ok=True)
             ranks = self.parallel.describe() if self.parallel.distributed else None
             write_config(self.out_dir / "config.yaml", self.spec, self.settings, ranks)
             self._rewrite_metrics()
@@ -631,9 +747,8 @@ class Trainer:
     def _train_epochs(self) -> list[dict[str, Any]]:
         eval_batch = self.settings.eval_batch_size
         for epoch in range(self.start_epoch, self.settings.epochs + 1):
-            started = time.perf_counter()
             totals = self.train_epoch(epoch)
-            train_seconds = time.perf_counter() - started
+            train_seconds = totals.seconds
             self._warn_unconverged(epoch, totals)
             self._check_precision(epoch)
             rescaled = self._solve_feedback_scale_again()
@@ -658,6 +773,7 @@ class Trainer:
                     pause_point("before-metrics", epoch)
                     with (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                         handle.write(json.dumps(record) + "\n")
+                    (self.out_dir / PARTIAL_NAME).unlink(missing_ok=True)
                 pause_point("after-epoch", epoch)
             self.log(
                 f"epoch {epoch}: loss {record['train_loss']:.4f} train {record['train_acc']:.4f} "
