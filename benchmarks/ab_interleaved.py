@@ -11,6 +11,8 @@ prints the median seconds per batch of each, the median and quartiles of the per
 new / base, the steps per phase, and whether the two networks hold the same bits after all the
 steps (the same results).
 
+With ``--json PATH`` the per-step seconds, medians and ratios are also written to PATH.
+
 Usage (repository root, venv active)::
 
     python benchmarks/ab_interleaved.py --base ../wt-main topologies/res_10x64.yaml \\
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import platform
 import re
 import shutil
 import statistics
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clock = time.thread_time if args.threads == 1 else time.perf_counter
@@ -102,6 +107,28 @@ def main(argv: list[str] | None = None) -> int:
         f"{base.free_steps[-1]} + {base.nudged_steps[-1]}, new {new.free_steps[-1]} + "
         f"{new.nudged_steps[-1]}; same weights after all steps: {same}"
     )
+    if args.json is not None:
+        document = {
+            "topology": str(args.topology),
+            "overrides": args.overrides,
+            "base": str(args.base),
+            "method": args.method,
+            "threads": args.threads,
+            "batch_size": args.batch_size,
+            "pairs": args.pairs,
+            "clock": "thread CPU time" if args.threads == 1 else "wall",
+            "seconds": seconds,
+            "median_seconds": {k: statistics.median(v) for k, v in seconds.items()},
+            "ratio_new_over_base": {
+                "median": statistics.median(ratios),
+                "quartiles": [quartiles[0], quartiles[2]],
+            },
+            "same_weights": same,
+            "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

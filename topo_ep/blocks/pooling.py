@@ -82,11 +82,11 @@ class Pooling:
             )
         grid = state.detach().reshape(state.shape[0], *self.shape)
         if state.is_inference():  # no version counter: nothing to cache by
-            return F.max_pool2d(grid, self.size, return_indices=True)[1]
+            return window_argmax(grid, self.size)
         cached = self._cached
         if cached is not None and _same_values(cached[0], cached[1], state):
             return cached[2]
-        index = F.max_pool2d(grid, self.size, return_indices=True)[1]
+        index = window_argmax(grid, self.size)
         self._cached = (state, state._version, index)
         return index
 
@@ -132,6 +132,21 @@ class Pooling:
     def describe(self) -> str:
         """``max 2x2``."""
         return f"{self.kind} {self.size}x{self.size}"
+
+
+def window_argmax(grid: Tensor, size: int) -> Tensor:
+    """The flat H x W index of the maximum of each ``size`` x ``size`` window of ``grid``
+    (batch, C, H, W), as ``max_pool2d(grid, size, return_indices=True)[1]`` returns it.
+
+    On the CPU the pooling runs on a channels-last copy of ``grid``: the same maxima and the
+    same indices (ties and NaN included, ``tests/test_pooling_argmax.py``), several times
+    faster there than the channels-first kernel on the small planes of a conv net
+    (``benchmarks/pool_argmax.py``). Other devices pool ``grid`` as it is.
+    """
+    if grid.device.type != "cpu":
+        return F.max_pool2d(grid, size, return_indices=True)[1]
+    last = grid.contiguous(memory_format=torch.channels_last)
+    return F.max_pool2d(last, size, return_indices=True)[1].contiguous()
 
 
 def _same_values(kept: Tensor, version: int, state: Tensor) -> bool:
