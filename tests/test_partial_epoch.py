@@ -269,7 +269,9 @@ def test_a_run_directory_with_only_the_epoch_in_progress_can_be_resumed(monkeypa
     with pytest.raises(RunDirError, match="is not empty .*checkpoint.partial.pt"):
         prepare_run_dir(out, resume=False, overwrite=False)
     (out / PARTIAL_NAME).unlink()
-    with pytest.raises(RunDirError, match="has no checkpoint.pt to continue from"):
+    with pytest.raises(
+        RunDirError, match=r"has no checkpoint.pt \(nor checkpoint.partial.pt\) to continue from"
+    ):
         prepare_run_dir(out, resume=True, overwrite=False)
 
 

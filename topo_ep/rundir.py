@@ -314,8 +314,9 @@ def prepare_run_dir(directory: Path, resume: bool, overwrite: bool) -> Path | No
         if not any((directory / name).is_file() for name in RESUMABLE):
             held = f" (it holds {_listing(entries)})" if entries else ""
             raise RunDirError(
-                f"--resume: {directory} has no checkpoint.pt to continue from{held}; "
-                "train without --resume (with --overwrite if the directory is not empty)"
+                f"--resume: {directory} has no checkpoint.pt (nor {PARTIAL_NAME}) to continue "
+                f"from{held}; train without --resume (with --overwrite if the directory is not "
+                "empty)"
             )
         return None
     if not entries:
