@@ -51,14 +51,14 @@ class PartialEpoch:
         epoch (in the first epoch every free phase starts at zero); else ``None``.
     """
 
-    batches: int
-    loss: float
-    correct: int
-    examples: int
-    free_steps: int
-    nudged_steps: int
-    unconverged: int
-    seconds: float
+    batches: int = 0
+    loss: float = 0.0
+    correct: int = 0
+    examples: int = 0
+    free_steps: int = 0
+    nudged_steps: int = 0
+    unconverged: int = 0
+    seconds: float = 0.0
     warm_filled: bool | None = None
 
     def to_entry(self) -> dict[str, Any]:

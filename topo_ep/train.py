@@ -279,7 +279,7 @@ class EpochTotals:
     def start(cls, device: torch.device, resumed: PartialEpoch | None = None) -> EpochTotals:
         """Zero sums, or those of a mid-epoch checkpoint."""
         if resumed is None:
-            resumed = PartialEpoch(0, 0.0, 0, 0, 0, 0, 0, 0.0)
+            resumed = PartialEpoch()
         return cls(
             loss=torch.tensor(resumed.loss, dtype=torch.float64, device=device),
             correct=torch.tensor(resumed.correct, dtype=torch.int64, device=device),
@@ -489,7 +489,8 @@ class Trainer:
                 )
             self.warm_starts.load_state_dict(payload["warm_states"], str(path))
         self.metrics = list(payload["metrics"])
-        self.start_epoch = int(payload["epoch"]) + 1
+        # a mid-epoch checkpoint's epoch is the one in progress, a whole one's the one done
+        self.start_epoch = int(payload["epoch"]) + ("partial" not in payload)
         if "partial" in payload:
             self._resume_partial(PartialEpoch.from_entry(payload["partial"], path), path)
 
@@ -497,7 +498,7 @@ class Trainer:
         """Continue inside the epoch of a mid-epoch checkpoint (its ``epoch``)."""
         if self.parallel.distributed:
             raise CheckpointError(
-                f"{path} holds epoch {self.start_epoch - 1} after {partial.batches} batches, "
+                f"{path} holds epoch {self.start_epoch} after {partial.batches} batches, "
                 "saved by one process; resume it without torchrun, or delete that file to "
                 "restart the epoch from checkpoint.pt"
             )
@@ -508,7 +509,6 @@ class Trainer:
                     "were filled ('partial.warm_filled'), but training.warm_start is on"
                 )
             self.warm_starts.filled = partial.warm_filled
-        self.start_epoch -= 1
         self.resumed_partial = partial
 
     def _check_optimizer_state(self, path: str | Path) -> None:
