@@ -1,5 +1,6 @@
-"""Shared helpers for the test suite: where the shared reference data lives, and the weight
-draw that the suite's fixed counterexamples were found with."""
+"""Shared helpers for the test suite: where the shared reference data lives, the weight draw
+that the suite's fixed counterexamples were found with, a small quickstart network, and the
+comparison of two finished runs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import torch
 
 from topo_ep.compiler import CompiledNetwork, glorot_uniform
+from topo_ep.loader import loads_topology
+from topo_ep.spec import TopologySpec
 
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -73,3 +76,34 @@ def build_as_found(case) -> CompiledNetwork:
 
     net = compile_topology(case.spec, seed=case.seed, dtype=torch.float64)
     return case.scaled(declaration_order_weights(net, case.seed))
+
+
+def small_quickstart(*overrides: str) -> TopologySpec:
+    """``topologies/quickstart.yaml`` with 16 units per hidden layer and batches of 50, then
+    ``overrides`` (``--set`` strings: the step counts and whatever the test varies)."""
+    text = (_REPO / "topologies" / "quickstart.yaml").read_text(encoding="utf-8")
+    shrunk = ["layers.h1.size=16", "layers.h2.size=16", "training.batch_size=50"]
+    return loads_topology(text, "quickstart.yaml", overrides=[*shrunk, *overrides])
+
+
+def without_seconds(records: list[dict]) -> list[dict]:
+    """Metrics records without their ``seconds`` (the one field a resumed run may change)."""
+    return [{key: value for key, value in record.items() if key != "seconds"} for record in records]
+
+
+def assert_same_run(actual: dict, expected: dict) -> None:
+    """Assert that two checkpoint payloads hold the same run, bit for bit: the epoch, every
+    weight, every optimizer state, the metrics but their seconds, and the warm-start table."""
+    assert actual["epoch"] == expected["epoch"]
+    assert actual["model"].keys() == expected["model"].keys()
+    for name, tensor in expected["model"].items():
+        assert torch.equal(actual["model"][name], tensor), name
+    assert actual["optimizer"]["state"].keys() == expected["optimizer"]["state"].keys()
+    for index, state in expected["optimizer"]["state"].items():
+        for name, value in state.items():
+            other = actual["optimizer"]["state"][index][name]
+            assert torch.equal(torch.as_tensor(other), torch.as_tensor(value)), (index, name)
+    assert without_seconds(actual["metrics"]) == without_seconds(expected["metrics"])
+    assert ("warm_states" in actual) == ("warm_states" in expected)
+    if "warm_states" in expected:
+        assert torch.equal(actual["warm_states"], expected["warm_states"])

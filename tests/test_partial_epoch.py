@@ -12,30 +12,22 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import topo_ep.train as train_module
 from tests import hostile
+from tests.helpers import assert_same_run, small_quickstart, without_seconds
 from topo_ep import cli
 from topo_ep.checkpoint import choose_resume_payload, load_checkpoint, save_atomic
 from topo_ep.data import load_dataset
 from topo_ep.distributed import DataParallel
 from topo_ep.errors import CheckpointError, TopoEpError
-from topo_ep.loader import loads_topology
 from topo_ep.partial_epoch import PARTIAL_NAME, PartialEpoch, check_partial_entry
 from topo_ep.rundir import RunDirError, prepare_run_dir
 from topo_ep.spec import TopologySpec
 from topo_ep.train import RunSettings, Trainer
 
-REPO = Path(__file__).resolve().parents[1]
 LIMIT = 200
-SHRUNK = [
-    "layers.h1.size=16",
-    "layers.h2.size=16",
-    "training.batch_size=50",
-    "dynamics.free_steps=40",
-    "dynamics.nudged_steps=20",
-]
+STEPS = ["dynamics.free_steps=40", "dynamics.nudged_steps=20"]
 
 
 class Stopped(Exception):
@@ -43,8 +35,7 @@ class Stopped(Exception):
 
 
 def _spec(*overrides: str) -> TopologySpec:
-    text = (REPO / "topologies" / "quickstart.yaml").read_text(encoding="utf-8")
-    return loads_topology(text, "quickstart.yaml", overrides=[*SHRUNK, *overrides])
+    return small_quickstart(*STEPS, *overrides)
 
 
 def _trainer(spec: TopologySpec, out: Path | None, minutes: float | None = 0.0) -> Trainer:
@@ -78,23 +69,6 @@ def _stopped_run(monkeypatch, spec, out: Path, point: str, epoch: int, nth: int 
     monkeypatch.undo()
 
 
-def _without_seconds(metrics: list[dict]) -> list[dict]:
-    return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
-
-
-def _assert_same_run(a: dict, b: dict) -> None:
-    assert a["epoch"] == b["epoch"]
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
-    for index, state in a["optimizer"]["state"].items():
-        for name, value in state.items():
-            other = b["optimizer"]["state"][index][name]
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(other)), (index, name)
-    assert _without_seconds(a["metrics"]) == _without_seconds(b["metrics"])
-    if "warm_states" in a:
-        assert torch.equal(a["warm_states"], b["warm_states"])
-
-
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm-start"])
 def test_stopped_mid_epoch_three_times_then_resumed_is_bit_identical(monkeypatch, tmp_path, warm):
     spec = _spec(*(["training.warm_start=true", "dynamics.tolerance=1e-4"] if warm else []))
@@ -119,7 +93,7 @@ def test_stopped_mid_epoch_three_times_then_resumed_is_bit_identical(monkeypatch
     assert load_checkpoint(out)["epoch"] == 1
     mid = load_checkpoint(out / PARTIAL_NAME)
     assert (mid["epoch"], mid["partial"]["batches"], len(mid["metrics"])) == (2, 1, 1)
-    assert _without_seconds(mid["metrics"]) == _without_seconds(reference["metrics"][:1])
+    assert without_seconds(mid["metrics"]) == without_seconds(reference["metrics"][:1])
 
     # resumed: epoch 2 saved whole, stopped before its metrics line and the partial's removal
     _stopped_run(monkeypatch, spec, out, "before-metrics", 2)
@@ -134,7 +108,7 @@ def test_stopped_mid_epoch_three_times_then_resumed_is_bit_identical(monkeypatch
     resumed.run()
     assert not (out / PARTIAL_NAME).exists()
     final = load_checkpoint(out)
-    _assert_same_run(reference, final)
+    assert_same_run(reference, final)
     lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == final["metrics"]
 
@@ -253,7 +227,7 @@ def test_cli_kill_9_inside_an_epoch_then_resume_is_bit_identical(tmp_path):
     assert load_checkpoint(run / PARTIAL_NAME)["partial"]["batches"] == 1
 
     assert cli.main(args(run, "--resume", "--checkpoint-minutes", "0")) == 0
-    _assert_same_run(load_checkpoint(reference), load_checkpoint(run))
+    assert_same_run(load_checkpoint(reference), load_checkpoint(run))
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint.pt",
         "config.yaml",

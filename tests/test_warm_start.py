@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import topo_ep.warm_start as warm_module
+from tests.helpers import small_quickstart
 from topo_ep.checkpoint import load_checkpoint
 from topo_ep.data import load_dataset
 from topo_ep.errors import CheckpointError, TopoEpError, TopologyError
@@ -25,19 +26,11 @@ from topo_ep.warm_start import WarmStarts, warm_state_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT = 200
-SHRUNK = [
-    "layers.h1.size=16",
-    "layers.h2.size=16",
-    "training.batch_size=50",
-    "dynamics.check_every=1",
-    "dynamics.free_steps=60",
-    "dynamics.nudged_steps=30",
-]
+STEPS = ["dynamics.check_every=1", "dynamics.free_steps=60", "dynamics.nudged_steps=30"]
 
 
 def _spec(*overrides: str) -> TopologySpec:
-    text = (REPO / "topologies" / "quickstart.yaml").read_text(encoding="utf-8")
-    return loads_topology(text, "quickstart.yaml", overrides=[*SHRUNK, *overrides])
+    return small_quickstart(*STEPS, *overrides)
 
 
 def _trainer(spec: TopologySpec, epochs: int, out: Path | None = None, **settings) -> Trainer:
