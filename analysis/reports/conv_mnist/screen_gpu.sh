@@ -9,6 +9,12 @@
 #   [SCREEN=collapse|next] bash analysis/reports/conv_mnist/screen_gpu.sh DATA OUT SECONDS_LEFT
 #   DEVICE=cpu EPOCHS=1 LIMIT=256 SCREEN=next bash ...screen_gpu.sh ...   # dry run
 #
+# Both screens set their variants against topologies/conv_mnist.yaml as it was up to commit
+# b6ec042 (gain 0.1, zero biases, Glorot readout without bias). Commit aad40b8 ships the
+# authors_symmetric variant in that file, so to repeat a screen, run this script from a checkout
+# of b6ec042 (git worktree add /tmp/screen b6ec042); on the file as it is now, SCREEN=next's
+# shipped, authors_symmetric and gain_0.01_symmetric variants are one and the same net.
+#
 # SCREEN=collapse (the default; run on an H200, README.md): after the one-sided nudge collapsed
 # to chance with EP on both seeds (epoch 2 and epoch 7; BP on the same settings was stable), five
 # variants with EP on seeds 0 and 1, the rate variants also with BP on seed 0. Choice rule, fixed
