@@ -15,6 +15,7 @@ from topo_ep.precision_check import (
     disagreeing,
     disagreement_message,
     float64_agreement,
+    update_cosine,
 )
 from topo_ep.train import RunSettings, Trainer
 
@@ -53,6 +54,21 @@ def test_small_gains_in_float32_change_the_lowest_updates(batch) -> None:
     cosines = float64_agreement(_net(0.01), *batch)
     assert cosines["input->h1:forward"] < AGREEMENT and cosines["h1->h2:forward"] < AGREEMENT
     assert cosines["h5->h6:forward"] > 0.999 and cosines["readout"] > 0.999
+
+
+def test_an_update_rounded_to_zero_is_the_worst_disagreement_not_a_missing_signal() -> None:
+    # Found on an AVX-512 CPU: there the 6-layer chain's float32 update of input->h1 came out
+    # exactly zero (its float64 update did not), and the cosine was NaN, which `disagreeing`
+    # leaves out as "no signal": the check missed the worst case. Fixed: 0 when only the
+    # update is zero, NaN only when the float64 control is zero.
+    control = torch.tensor([[1e-12, -3e-12], [2e-12, 0.0]], dtype=torch.float64)
+    zero = torch.zeros(2, 2)
+    assert update_cosine(zero, control) == 0.0
+    assert disagreeing({"lost": update_cosine(zero, control)}) == [("lost", 0.0)]
+    assert torch.isnan(torch.tensor(update_cosine(control.float(), torch.zeros(2, 2))))
+    assert torch.isnan(torch.tensor(update_cosine(zero, torch.zeros(2, 2))))
+    assert update_cosine(control.float(), control) == pytest.approx(1.0, abs=1e-6)
+    assert update_cosine(-control, control) == pytest.approx(-1.0, abs=1e-12)
 
 
 def test_larger_gains_in_float32_agree_with_float64(batch) -> None:

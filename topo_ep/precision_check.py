@@ -39,25 +39,41 @@ AGREEMENT = 0.9
 CHECK_EXAMPLES = 64
 
 
+def update_cosine(update: Tensor, control: Tensor) -> float:
+    """The cosine of an update with its float64 control,
+
+        cos = <dW, dW^64> / (||dW|| ||dW^64||),
+
+    with two limits. NaN where the control is zero: no signal reaches the tensor, so its
+    agreement is not a question of precision. 0 where only ``update`` is zero: the rounding
+    has cancelled the whole contrast, the worst disagreement there is (a float32 update can
+    come out exactly zero where float64's is not, depending on the CPU's kernels).
+    """
+    a, b = update.double().flatten(), control.double().flatten()
+    control_norm = float(b.norm())
+    if control_norm == 0.0:
+        return float("nan")
+    own_norm = float(a.norm())
+    if own_norm == 0.0:
+        return 0.0
+    return float(a @ b) / (own_norm * control_norm)
+
+
 def float64_agreement(net: CompiledNetwork, x: Tensor, y: Tensor) -> dict[str, float]:
     """Per learned tensor (its :class:`~topo_ep.params.ParamKey` string), the cosine between
-    EP's update in ``net``'s dtype and in float64, on the batch ``(x, y)``; NaN where either
-    update is zero (no signal reaches that tensor: not a question of precision)."""
+    EP's update in ``net``'s dtype and in float64, on the batch ``(x, y)``
+    (:func:`update_cosine`: NaN where the float64 update is zero, 0 where only the other is)."""
     method = replace(EquilibriumPropagation.from_spec(net.spec), chunks=None)  # eager steps
     control = recompiled(net, torch.float64)
     device = net.device
     own = method.estimate(net, x.to(device, net.dtype), y.to(device)).grads
     reference = method.estimate(control, x.to(device, torch.float64), y.to(device)).grads
-    out = {}
-    for key, update in own.items():
-        a, b = update.double().flatten(), reference[key].flatten()
-        norms = float(a.norm()) * float(b.norm())
-        out[str(key)] = float(a @ b) / norms if norms > 0 else float("nan")
-    return out
+    return {str(key): update_cosine(update, reference[key]) for key, update in own.items()}
 
 
 def disagreeing(cosines: dict[str, float], threshold: float = AGREEMENT) -> list[tuple[str, float]]:
-    """The tensors whose cosine is below ``threshold`` (NaN left out), in the given order."""
+    """The tensors whose cosine is below ``threshold`` (NaN, no signal, left out), in the given
+    order."""
     return [(key, value) for key, value in cosines.items() if value < threshold]
 
 
